@@ -1,0 +1,32 @@
+#pragma once
+// Errors of the engine. Parsers throw shoal::error inside a file; the public loaders catch once and
+// rethrow with the file named, so a caller sees one clear message (STYLE: exceptions only where the
+// whole operation ends).
+
+#include <stdexcept>
+#include <string>
+
+namespace shoal {
+
+enum class errc {
+  invalid_argument,  // a caller passed something that cannot work (flag, prompt, parameter)
+  not_found,         // a path or a key that must exist does not
+  corrupt_file,      // a file's bytes contradict its own format
+  unsupported,       // valid input that this build does not implement (architecture, dtype, op)
+  out_of_range,      // a length or index beyond a limit (context, vocab, file size)
+  internal,          // a bug: an invariant did not hold
+};
+
+const char* to_string(errc code);
+
+/// The one exception type the engine throws; `what()` is a complete sentence for the user.
+class error : public std::runtime_error {
+ public:
+  error(errc code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  errc code() const { return code_; }
+
+ private:
+  errc code_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,50 @@
+#pragma once
+// The paged KV cache of one shard: physical blocks of `block_size` token slots per layer. Which
+// blocks a sequence uses is decided by whoever owns the block_pool (the batcher's KV manager, or a
+// single-stream session); the cache only stores.
+
+#include <cstdint>
+#include <vector>
+
+namespace shoal {
+
+struct kv_cache_options {
+  std::int32_t block_size = 16;  // token slots per block. Default: 16
+  std::int32_t num_blocks = 0;   // 0: enough for one sequence of the model's full context
+};
+
+class kv_cache {
+ public:
+  kv_cache(std::int64_t n_layers, std::int64_t n_kv_heads, std::int64_t head_dim,
+           std::int32_t block_size, std::int32_t num_blocks);
+
+  float* k(std::int64_t layer) { return k_.data() + layer * layer_stride_; }  // [n_blocks, block_size, n_kv_heads, head_dim]
+  float* v(std::int64_t layer) { return v_.data() + layer * layer_stride_; }  // same layout as k
+  std::int32_t block_size() const { return block_size_; }
+  std::int32_t num_blocks() const { return num_blocks_; }
+  std::int64_t bytes() const { return static_cast<std::int64_t>(k_.size() + v_.size()) * 4; }
+
+ private:
+  std::int32_t block_size_;
+  std::int32_t num_blocks_;
+  std::int64_t layer_stride_;
+  std::vector<float> k_;
+  std::vector<float> v_;
+};
+
+/// Free list of physical block ids. One owner mutates it (see the class comment above).
+class block_pool {
+ public:
+  explicit block_pool(std::int32_t num_blocks);
+  /// Takes `n` blocks; returns false (taking none) when fewer are free.
+  bool allocate(std::int32_t n, std::vector<std::int32_t>& out);
+  void release(const std::vector<std::int32_t>& blocks);
+  std::int32_t free_count() const { return static_cast<std::int32_t>(free_.size()); }
+  std::int32_t total() const { return total_; }
+
+ private:
+  std::int32_t total_;
+  std::vector<std::int32_t> free_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,571 @@
+#include "engine/model/model.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <numbers>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/common/error.hpp"
+#include "engine/common/mapped_file.hpp"
+#include "engine/model/gguf.hpp"
+#include "engine/model/safetensors.hpp"
+
+namespace fs = std::filesystem;
+
+namespace shoal {
+
+namespace {
+
+// One tensor found in a file, in PyTorch (outermost-first) shape order.
+struct tensor_ref {
+  std::string name;
+  std::string file;
+  std::string dtype_name;
+  std::optional<dtype> type;  // set when the kernels can use it as stored
+  std::vector<std::int64_t> shape;
+  const void* data = nullptr;
+  std::uint64_t nbytes = 0;
+};
+
+std::string shape_string(const std::vector<std::int64_t>& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+std::optional<dtype> kernel_dtype_from_safetensors(const std::string& d) {
+  if (d == "F32") return dtype::f32;
+  if (d == "F16") return dtype::f16;
+  if (d == "BF16") return dtype::bf16;
+  return std::nullopt;
+}
+
+std::optional<dtype> kernel_dtype_from_ggml(ggml_type t) {
+  switch (t) {
+    case ggml_type::f32: return dtype::f32;
+    case ggml_type::f16: return dtype::f16;
+    case ggml_type::bf16: return dtype::bf16;
+    default: return std::nullopt;
+  }
+}
+
+// Typed access to config.json values with messages that name the file and key.
+class json_config {
+ public:
+  json_config(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
+
+  bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  std::int64_t get_int(const std::string& key, std::optional<std::int64_t> fallback = {}) const {
+    if (!has(key)) {
+      if (fallback) return *fallback;
+      throw error(errc::corrupt_file, file_ + ": required key '" + key + "' is missing");
+    }
+    const auto& v = j_[key];
+    if (!v.is_number_integer()) {
+      throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be an integer, got " + v.dump());
+    }
+    auto x = v.get<std::int64_t>();
+    if (x <= 0) throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be positive, got " + v.dump());
+    return x;
+  }
+
+  double get_float(const std::string& key, double fallback) const {
+    if (!has(key)) return fallback;
+    const auto& v = j_[key];
+    if (!v.is_number()) {
+      throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be a number, got " + v.dump());
+    }
+    return v.get<double>();
+  }
+
+  bool get_bool(const std::string& key, bool fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_[key].is_boolean()) {
+      throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be true or false");
+    }
+    return j_[key].get<bool>();
+  }
+
+ private:
+  const nlohmann::json& j_;
+  std::string file_;
+};
+
+std::vector<std::int32_t> json_ids(const nlohmann::json& v) {
+  std::vector<std::int32_t> out;
+  if (v.is_number_integer()) out.push_back(v.get<std::int32_t>());
+  if (v.is_array()) {
+    for (auto& x : v) if (x.is_number_integer()) out.push_back(x.get<std::int32_t>());
+  }
+  return out;
+}
+
+rope_scaling_config parse_rope_scaling_json(const nlohmann::json& rs, const std::string& file) {
+  rope_scaling_config out;
+  if (rs.is_null()) return out;
+  if (!rs.is_object()) throw error(errc::corrupt_file, file + ": rope_scaling must be an object or null");
+  std::string type;
+  if (rs.contains("rope_type") && rs["rope_type"].is_string()) type = rs["rope_type"];
+  else if (rs.contains("type") && rs["type"].is_string()) type = rs["type"];
+  if (type.empty() || type == "default") return out;
+  json_config c(rs, file + " rope_scaling");
+  out.type = type;
+  out.factor = static_cast<float>(c.get_float("factor", 1.0));
+  if (type == "linear") {
+    // factor only
+  } else if (type == "llama3") {
+    out.low_freq_factor = static_cast<float>(c.get_float("low_freq_factor", 1.0));
+    out.high_freq_factor = static_cast<float>(c.get_float("high_freq_factor", 4.0));
+    out.original_max_positions = c.get_int("original_max_position_embeddings");
+  } else if (type == "yarn") {
+    out.original_max_positions = c.get_int("original_max_position_embeddings", 0);
+    out.beta_fast = static_cast<float>(c.get_float("beta_fast", 32.0));
+    out.beta_slow = static_cast<float>(c.get_float("beta_slow", 1.0));
+    if (c.has("attention_factor")) out.attention_factor = static_cast<float>(c.get_float("attention_factor", 1.0));
+    if (c.has("mscale")) out.mscale = static_cast<float>(c.get_float("mscale", 1.0));
+    if (c.has("mscale_all_dim")) out.mscale_all_dim = static_cast<float>(c.get_float("mscale_all_dim", 0.0));
+  } else {
+    throw error(errc::unsupported, file + ": rope_scaling type '" + type +
+                                       "' is not supported (supported: linear, llama3, yarn)");
+  }
+  if (!(out.factor > 0.0f)) {
+    throw error(errc::corrupt_file, file + ": rope_scaling factor must be positive");
+  }
+  return out;
+}
+
+std::vector<float> to_f32_vector(const tensor_ref& t) {
+  std::int64_t n = 1;
+  for (auto d : t.shape) n *= d;
+  std::vector<float> out(n);
+  if (!t.type) {
+    throw error(errc::unsupported, t.file + ": tensor '" + t.name + "' has dtype " + t.dtype_name +
+                                       ", which this build cannot read");
+  }
+  // memcpy per element: a tensor in a safetensors file need not be aligned to its element size.
+  const auto* p = static_cast<const std::uint8_t*>(t.data);
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint16_t h;
+    switch (*t.type) {
+      case dtype::f32: std::memcpy(&out[i], p + 4 * i, 4); break;
+      case dtype::f16: std::memcpy(&h, p + 2 * i, 2); out[i] = f16_to_f32(h); break;
+      case dtype::bf16: std::memcpy(&h, p + 2 * i, 2); out[i] = bf16_to_f32(h); break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> rope_inverse_frequencies(float theta, std::int64_t rope_dim,
+                                            const rope_scaling_config& s, float& attn_factor) {
+  const std::int64_t half = rope_dim / 2;
+  std::vector<float> inv(half);
+  // Computed in float like the reference implementations (llama2.c, PyTorch float32 init).
+  for (std::int64_t i = 0; i < half; ++i) {
+    inv[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(rope_dim));
+  }
+  attn_factor = 1.0f;
+  if (s.type == "linear") {
+    for (auto& f : inv) f /= s.factor;
+  } else if (s.type == "llama3") {
+    const double old_ctx = static_cast<double>(s.original_max_positions);
+    const double low_wavelen = old_ctx / s.low_freq_factor;
+    const double high_wavelen = old_ctx / s.high_freq_factor;
+    for (auto& f : inv) {
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen < high_wavelen) continue;
+      if (wavelen > low_wavelen) {
+        f = static_cast<float>(f / s.factor);
+      } else {
+        const double smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = static_cast<float>((1.0 - smooth) * f / s.factor + smooth * f);
+      }
+    }
+  } else if (s.type == "yarn") {
+    auto get_mscale = [](double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    if (s.attention_factor) {
+      attn_factor = *s.attention_factor;
+    } else if (s.mscale && s.mscale_all_dim && *s.mscale != 0.0f && *s.mscale_all_dim != 0.0f) {
+      attn_factor = static_cast<float>(get_mscale(s.factor, *s.mscale) / get_mscale(s.factor, *s.mscale_all_dim));
+    } else {
+      attn_factor = static_cast<float>(get_mscale(s.factor, 1.0));
+    }
+    const double dim = static_cast<double>(rope_dim);
+    const double orig = static_cast<double>(s.original_max_positions);
+    auto correction_dim = [&](double rotations) {
+      return dim * std::log(orig / (rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(static_cast<double>(theta)));
+    };
+    double low = std::max(std::floor(correction_dim(s.beta_fast)), 0.0);
+    double high = std::min(std::ceil(correction_dim(s.beta_slow)), dim - 1.0);
+    if (low == high) high += 0.001;
+    for (std::int64_t i = 0; i < half; ++i) {
+      const float extrap = inv[i];
+      const float interp = inv[i] / s.factor;
+      float ramp = static_cast<float>((static_cast<double>(i) - low) / (high - low));
+      ramp = std::clamp(ramp, 0.0f, 1.0f);
+      const float extrap_factor = 1.0f - ramp;
+      inv[i] = interp * (1.0f - extrap_factor) + extrap * extrap_factor;
+    }
+  }
+  return inv;
+}
+
+model::~model() = default;
+
+std::unique_ptr<model> model::load(const std::string& path, const load_options& opts) {
+  std::unique_ptr<model> m(new model());
+  m->path_ = path;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw error(errc::not_found, path + ": no such file or directory");
+  if (fs::is_directory(path, ec)) {
+    m->load_hf(path);
+    std::string tok_dir = opts.tokenizer_dir.empty() ? path : opts.tokenizer_dir;
+    m->tokenizer_ = tokenizer::from_hf_dir(tok_dir);
+  } else {
+    m->load_gguf(path);
+    if (!opts.tokenizer_dir.empty()) {
+      m->tokenizer_ = tokenizer::from_hf_dir(opts.tokenizer_dir);
+    } else {
+      m->tokenizer_ = tokenizer::from_gguf(*m->gguf_);
+    }
+  }
+  m->finish();
+  return m;
+}
+
+namespace {
+
+// Checks shapes and builds the weight views shared by both formats.
+class weight_binder {
+ public:
+  weight_binder(std::map<std::string, tensor_ref>& tensors, std::string where)
+      : tensors_(tensors), where_(std::move(where)) {}
+
+  const tensor_ref* find(const std::string& name) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+  }
+
+  const tensor_ref& require(const std::string& name) const {
+    auto* t = find(name);
+    if (!t) throw error(errc::corrupt_file, where_ + ": tensor '" + name + "' is missing");
+    return *t;
+  }
+
+  void check_shape(const tensor_ref& t, std::vector<std::int64_t> want) const {
+    if (t.shape != want) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + t.name + "' has shape " +
+                                          shape_string(t.shape) + " but the config needs " +
+                                          shape_string(want));
+    }
+  }
+
+  weight matrix(const std::string& name, std::int64_t rows, std::int64_t cols) const {
+    const auto& t = require(name);
+    check_shape(t, {rows, cols});
+    if (!t.type) {
+      throw error(errc::unsupported, t.file + ": tensor '" + name + "' has dtype " + t.dtype_name +
+                                         ", which this build does not support (F32, F16, BF16)");
+    }
+    return weight{name, kernels::matrix{t.data, *t.type, rows, cols, cols}};
+  }
+
+  std::vector<float> vector(const std::string& name, std::int64_t n) const {
+    const auto& t = require(name);
+    check_shape(t, {n});
+    return to_f32_vector(t);
+  }
+
+  std::vector<float> optional_vector(const std::string& name, std::int64_t n) const {
+    if (!find(name)) return {};
+    return vector(name, n);
+  }
+
+ private:
+  std::map<std::string, tensor_ref>& tensors_;
+  std::string where_;
+};
+
+}  // namespace
+
+void model::load_hf(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  if (!fs::exists(config_path)) {
+    throw error(errc::not_found, dir + ": no config.json here, so this is not a Hugging Face model directory");
+  }
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw error(errc::corrupt_file, config_path + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw error(errc::corrupt_file, config_path + ": not a JSON object");
+  json_config c(j, config_path);
+  auto& cfg = config_;
+  cfg.format = "hf";
+  if (!j.contains("architectures") || !j["architectures"].is_array() || j["architectures"].empty() ||
+      !j["architectures"][0].is_string()) {
+    throw error(errc::corrupt_file, config_path + ": 'architectures' is missing or empty");
+  }
+  cfg.architecture = j["architectures"][0].get<std::string>();
+  if (cfg.architecture == "LlamaForCausalLM") {
+    cfg.family = model_family::llama;
+    cfg.qkv_bias = c.get_bool("attention_bias", false);
+  } else if (cfg.architecture == "Qwen2ForCausalLM") {
+    cfg.family = model_family::qwen2;
+    cfg.qkv_bias = true;
+  } else {
+    throw error(errc::unsupported, config_path + ": architecture '" + cfg.architecture +
+                                       "' is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM)");
+  }
+  if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
+    throw error(errc::unsupported, config_path + ": hidden_act " + j["hidden_act"].dump() + " is not supported (silu is)");
+  }
+  cfg.hidden_size = c.get_int("hidden_size");
+  cfg.intermediate_size = c.get_int("intermediate_size");
+  cfg.n_layers = c.get_int("num_hidden_layers");
+  cfg.n_heads = c.get_int("num_attention_heads");
+  cfg.n_kv_heads = c.get_int("num_key_value_heads", cfg.n_heads);
+  cfg.head_dim = c.get_int("head_dim", cfg.hidden_size / cfg.n_heads);
+  cfg.vocab_size = c.get_int("vocab_size");
+  cfg.max_positions = c.get_int("max_position_embeddings", 2048);
+  cfg.rms_norm_eps = static_cast<float>(c.get_float("rms_norm_eps", 1e-6));
+  cfg.rope_theta = static_cast<float>(c.get_float("rope_theta", 10000.0));
+  cfg.rope_dim = static_cast<std::int64_t>(cfg.head_dim * c.get_float("partial_rotary_factor", 1.0));
+  cfg.rope_scaling = parse_rope_scaling_json(j.contains("rope_scaling") ? j["rope_scaling"] : nlohmann::json(), config_path);
+  // Hugging Face converts Llama checkpoints with q/k rows permuted for rotate_half; Qwen2 is
+  // trained that way. Either way the stored rows pair dims (i, i + d/2).
+  cfg.rope_style = kernels::rope_style::neox;
+  cfg.tied_embeddings = c.get_bool("tie_word_embeddings", false);
+  if (j.contains("bos_token_id")) {
+    auto ids = json_ids(j["bos_token_id"]);
+    if (!ids.empty()) cfg.bos_id = ids[0];
+  }
+  if (j.contains("eos_token_id")) cfg.eos_ids = json_ids(j["eos_token_id"]);
+  // generation_config.json's eos list wins where present (Llama-3 lists several).
+  const std::string gen_path = dir + "/generation_config.json";
+  if (fs::exists(gen_path)) {
+    try {
+      auto g = nlohmann::json::parse(read_text_file(gen_path));
+      if (g.is_object() && g.contains("eos_token_id")) {
+        auto ids = json_ids(g["eos_token_id"]);
+        if (!ids.empty()) cfg.eos_ids = ids;
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw error(errc::corrupt_file, gen_path + ": invalid JSON: " + e.what());
+    }
+  }
+
+  // Weight files: a sharded index, or every *.safetensors in the directory.
+  std::vector<std::string> files;
+  const std::string index_path = dir + "/model.safetensors.index.json";
+  if (fs::exists(index_path)) {
+    nlohmann::json idx;
+    try {
+      idx = nlohmann::json::parse(read_text_file(index_path));
+    } catch (const nlohmann::json::exception& e) {
+      throw error(errc::corrupt_file, index_path + ": invalid JSON: " + e.what());
+    }
+    if (!idx.contains("weight_map") || !idx["weight_map"].is_object()) {
+      throw error(errc::corrupt_file, index_path + ": 'weight_map' is missing");
+    }
+    std::set<std::string> names;
+    for (auto& [k, v] : idx["weight_map"].items()) {
+      if (!v.is_string()) throw error(errc::corrupt_file, index_path + ": weight_map['" + k + "'] is not a file name");
+      auto f = v.get<std::string>();
+      if (f.find('/') != std::string::npos) throw error(errc::corrupt_file, index_path + ": weight_map names a path outside the directory: " + f);
+      names.insert(f);
+    }
+    for (auto& f : names) files.push_back(dir + "/" + f);
+  } else {
+    for (auto& e : fs::directory_iterator(dir)) {
+      if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+    }
+    std::sort(files.begin(), files.end());
+  }
+  if (files.empty()) throw error(errc::not_found, dir + ": no *.safetensors weight files");
+
+  std::map<std::string, tensor_ref> tensors;
+  for (auto& f : files) {
+    if (!fs::exists(f)) throw error(errc::not_found, f + ": listed in model.safetensors.index.json but missing");
+    auto st = std::make_unique<safetensors_file>(f);
+    for (auto& [name, t] : st->tensors()) {
+      tensor_ref r{name, f, t.dtype, kernel_dtype_from_safetensors(t.dtype), t.shape, t.data, t.nbytes};
+      if (!tensors.emplace(name, r).second) {
+        throw error(errc::corrupt_file, f + ": tensor '" + name + "' appears in more than one file");
+      }
+    }
+    st_files_.push_back(std::move(st));
+  }
+  for (auto& [name, t] : tensors) tensors_.push_back({name, t.dtype_name, t.shape});
+
+  weight_binder b(tensors, dir);
+  const auto H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+  const auto QD = cfg.n_heads * cfg.head_dim, KD = cfg.n_kv_heads * cfg.head_dim;
+  weights_.tok_embd = b.matrix("model.embed_tokens.weight", V, H);
+  weights_.out_norm = b.vector("model.norm.weight", H);
+  if (b.find("lm_head.weight")) {
+    weights_.lm_head = b.matrix("lm_head.weight", V, H);
+  } else {
+    weights_.lm_head = weights_.tok_embd;
+    cfg.tied_embeddings = true;
+  }
+  for (std::int64_t i = 0; i < cfg.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    layer_weights l;
+    l.attn_norm = b.vector(p + "input_layernorm.weight", H);
+    l.wq = b.matrix(p + "self_attn.q_proj.weight", QD, H);
+    l.wk = b.matrix(p + "self_attn.k_proj.weight", KD, H);
+    l.wv = b.matrix(p + "self_attn.v_proj.weight", KD, H);
+    l.wo = b.matrix(p + "self_attn.o_proj.weight", H, QD);
+    if (cfg.qkv_bias) {
+      l.bq = b.vector(p + "self_attn.q_proj.bias", QD);
+      l.bk = b.vector(p + "self_attn.k_proj.bias", KD);
+      l.bv = b.vector(p + "self_attn.v_proj.bias", KD);
+    }
+    l.ffn_norm = b.vector(p + "post_attention_layernorm.weight", H);
+    l.w_gate = b.matrix(p + "mlp.gate_proj.weight", I, H);
+    l.w_up = b.matrix(p + "mlp.up_proj.weight", I, H);
+    l.w_down = b.matrix(p + "mlp.down_proj.weight", H, I);
+    weights_.layers.push_back(std::move(l));
+  }
+}
+
+void model::load_gguf(const std::string& file) {
+  gguf_ = std::make_unique<gguf_file>(file);
+  const auto& g = *gguf_;
+  auto& cfg = config_;
+  cfg.format = "gguf";
+  cfg.architecture = g.get_string("general.architecture");
+  const std::string a = cfg.architecture;
+  if (a == "llama") {
+    cfg.family = model_family::llama;
+    // GGUF keeps Meta's original interleaved-pair layout (llama.cpp's rope type NORM).
+    cfg.rope_style = kernels::rope_style::interleaved;
+  } else if (a == "qwen2") {
+    cfg.family = model_family::qwen2;
+    cfg.rope_style = kernels::rope_style::neox;
+    cfg.qkv_bias = true;
+  } else {
+    throw error(errc::unsupported, file + ": GGUF architecture '" + a + "' is not supported (supported: llama, qwen2)");
+  }
+  auto num = [&](const std::string& key) {
+    double v = g.get_number(a + "." + key);
+    if (!(v > 0) || v > 1e12) throw error(errc::corrupt_file, file + ": metadata '" + a + "." + key + "' must be positive");
+    return static_cast<std::int64_t>(v);
+  };
+  cfg.hidden_size = num("embedding_length");
+  cfg.intermediate_size = num("feed_forward_length");
+  cfg.n_layers = num("block_count");
+  cfg.n_heads = num("attention.head_count");
+  cfg.n_kv_heads = g.find(a + ".attention.head_count_kv") ? num("attention.head_count_kv") : cfg.n_heads;
+  cfg.head_dim = g.find(a + ".attention.key_length") ? num("attention.key_length") : cfg.hidden_size / cfg.n_heads;
+  cfg.max_positions = num("context_length");
+  cfg.rms_norm_eps = static_cast<float>(g.get_number_opt(a + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
+  cfg.rope_theta = static_cast<float>(g.get_number_opt(a + ".rope.freq_base").value_or(10000.0));
+  cfg.rope_dim = g.find(a + ".rope.dimension_count") ? num("rope.dimension_count") : cfg.head_dim;
+  if (auto type = g.get_string_opt(a + ".rope.scaling.type"); type && *type != "none") {
+    auto& rs = cfg.rope_scaling;
+    rs.type = *type;
+    rs.factor = static_cast<float>(g.get_number_opt(a + ".rope.scaling.factor").value_or(1.0));
+    rs.original_max_positions = static_cast<std::int64_t>(
+        g.get_number_opt(a + ".rope.scaling.original_context_length").value_or(0.0));
+    if (rs.type == "yarn") {
+      if (auto f = g.get_number_opt(a + ".rope.scaling.attn_factor")) rs.attention_factor = static_cast<float>(*f);
+    } else if (rs.type != "linear") {
+      throw error(errc::unsupported, file + ": rope scaling type '" + rs.type + "' is not supported (linear, yarn)");
+    }
+  }
+  if (auto v = g.get_number_opt("tokenizer.ggml.bos_token_id")) cfg.bos_id = static_cast<std::int32_t>(*v);
+  if (auto v = g.get_number_opt("tokenizer.ggml.eos_token_id")) cfg.eos_ids = {static_cast<std::int32_t>(*v)};
+  if (auto v = g.get_number_opt("tokenizer.ggml.eot_token_id")) {
+    auto id = static_cast<std::int32_t>(*v);
+    if (std::find(cfg.eos_ids.begin(), cfg.eos_ids.end(), id) == cfg.eos_ids.end()) cfg.eos_ids.push_back(id);
+  }
+
+  std::map<std::string, tensor_ref> tensors;
+  for (auto& t : g.tensors()) {
+    std::vector<std::int64_t> shape(t.ne.rbegin(), t.ne.rend());
+    tensors.emplace(t.name, tensor_ref{t.name, file, to_string(t.type), kernel_dtype_from_ggml(t.type),
+                                       shape, t.data, t.nbytes});
+    tensors_.push_back({t.name, to_string(t.type), shape});
+  }
+  weight_binder b(tensors, file);
+  const auto* embd = b.find("token_embd.weight");
+  if (!embd) throw error(errc::corrupt_file, file + ": tensor 'token_embd.weight' is missing");
+  if (embd->shape.size() != 2) throw error(errc::corrupt_file, file + ": token_embd.weight is not a matrix");
+  cfg.vocab_size = embd->shape[0];
+  const auto H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+  const auto QD = cfg.n_heads * cfg.head_dim, KD = cfg.n_kv_heads * cfg.head_dim;
+  weights_.tok_embd = b.matrix("token_embd.weight", V, H);
+  weights_.out_norm = b.vector("output_norm.weight", H);
+  if (b.find("output.weight")) {
+    weights_.lm_head = b.matrix("output.weight", V, H);
+  } else {
+    weights_.lm_head = weights_.tok_embd;
+    cfg.tied_embeddings = true;
+  }
+  weights_.rope_freq_factors = b.optional_vector("rope_freqs.weight", cfg.rope_dim / 2);
+  for (std::int64_t i = 0; i < cfg.n_layers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    layer_weights l;
+    l.attn_norm = b.vector(p + "attn_norm.weight", H);
+    l.wq = b.matrix(p + "attn_q.weight", QD, H);
+    l.wk = b.matrix(p + "attn_k.weight", KD, H);
+    l.wv = b.matrix(p + "attn_v.weight", KD, H);
+    l.wo = b.matrix(p + "attn_output.weight", H, QD);
+    if (cfg.qkv_bias) {
+      l.bq = b.vector(p + "attn_q.bias", QD);
+      l.bk = b.vector(p + "attn_k.bias", KD);
+      l.bv = b.vector(p + "attn_v.bias", KD);
+    }
+    l.ffn_norm = b.vector(p + "ffn_norm.weight", H);
+    l.w_gate = b.matrix(p + "ffn_gate.weight", I, H);
+    l.w_up = b.matrix(p + "ffn_up.weight", I, H);
+    l.w_down = b.matrix(p + "ffn_down.weight", H, I);
+    weights_.layers.push_back(std::move(l));
+  }
+}
+
+void model::finish() {
+  auto& cfg = config_;
+  const std::string where = path_;
+  if (cfg.n_heads % cfg.n_kv_heads != 0) {
+    throw error(errc::corrupt_file, where + ": " + std::to_string(cfg.n_heads) + " attention heads are not a multiple of " +
+                                        std::to_string(cfg.n_kv_heads) + " key/value heads");
+  }
+  if (cfg.rope_dim <= 0 || cfg.rope_dim > cfg.head_dim || cfg.rope_dim % 2 != 0) {
+    throw error(errc::corrupt_file, where + ": rotary dimension " + std::to_string(cfg.rope_dim) +
+                                        " does not fit head_dim " + std::to_string(cfg.head_dim));
+  }
+  if ((cfg.rope_scaling.type == "llama3" || cfg.rope_scaling.type == "yarn") &&
+      cfg.rope_scaling.original_max_positions <= 0) {
+    cfg.rope_scaling.original_max_positions = cfg.max_positions;
+  }
+  rope_inv_freq_ = rope_inverse_frequencies(cfg.rope_theta, cfg.rope_dim, cfg.rope_scaling, rope_attn_factor_);
+  if (!weights_.rope_freq_factors.empty()) {
+    for (std::size_t i = 0; i < rope_inv_freq_.size(); ++i) rope_inv_freq_[i] /= weights_.rope_freq_factors[i];
+  }
+  if (cfg.bos_id < 0) cfg.bos_id = tokenizer_->bos_id();
+  if (cfg.eos_ids.empty() && tokenizer_->eos_id() >= 0) cfg.eos_ids.push_back(tokenizer_->eos_id());
+  if (tokenizer_->vocab_size() > cfg.vocab_size) {
+    throw error(errc::corrupt_file, where + ": the tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
+                                        " ids but the embedding only " + std::to_string(cfg.vocab_size) + " rows");
+  }
+  parameter_count_ = 0;
+  for (auto& t : tensors_) {
+    std::int64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    parameter_count_ += n;
+  }
+}
+
+}  // namespace shoal

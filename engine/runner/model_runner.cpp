@@ -1,0 +1,161 @@
+#include "engine/runner/model_runner.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "engine/common/error.hpp"
+
+namespace shoal {
+
+namespace {
+
+std::int32_t default_blocks(const model_config& c, std::int32_t block_size) {
+  return static_cast<std::int32_t>((c.max_positions + block_size - 1) / block_size);
+}
+
+}  // namespace
+
+model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard,
+                           communicator* comm, kv_cache_options kv)
+    : model_(m),
+      be_(be),
+      shard_(shard),
+      comm_(comm),
+      n_heads_(m.config().n_heads / shard.world_size),
+      n_kv_heads_(m.config().n_kv_heads / shard.world_size),
+      ffn_(m.config().intermediate_size / shard.world_size),
+      cache_(m.config().n_layers, m.config().n_kv_heads / std::max(shard.world_size, 1),
+             m.config().head_dim, kv.block_size,
+             kv.num_blocks > 0 ? kv.num_blocks : default_blocks(m.config(), kv.block_size)) {
+  const auto& c = m.config();
+  const int w = shard.world_size, r = shard.rank;
+  if (w < 1 || r < 0 || r >= w) throw error(errc::invalid_argument, "invalid shard rank/world size");
+  if (w > 1 && !comm) throw error(errc::invalid_argument, "tensor parallelism needs a communicator");
+  if (c.n_kv_heads % w != 0 || c.n_heads % w != 0 || c.intermediate_size % w != 0) {
+    throw error(errc::invalid_argument,
+                m.path() + ": cannot split " + std::to_string(c.n_heads) + " heads / " +
+                    std::to_string(c.n_kv_heads) + " kv heads / " + std::to_string(c.intermediate_size) +
+                    " MLP columns evenly across " + std::to_string(w) + " tensor-parallel ranks");
+  }
+  const std::int64_t hd = c.head_dim;
+  // Megatron split: q/k/v/gate/up by output rows (column-parallel), o/down by input columns
+  // (row-parallel) followed by an all-reduce. Contiguous head ranges keep GQA groups together.
+  for (const auto& l : m.weights().layers) {
+    layer_slice s;
+    s.wq = l.wq.m.row_slice(r * n_heads_ * hd, n_heads_ * hd);
+    s.wk = l.wk.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd);
+    s.wv = l.wv.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd);
+    s.wo = l.wo.m.col_slice(r * n_heads_ * hd, n_heads_ * hd);
+    s.w_gate = l.w_gate.m.row_slice(r * ffn_, ffn_);
+    s.w_up = l.w_up.m.row_slice(r * ffn_, ffn_);
+    s.w_down = l.w_down.m.col_slice(r * ffn_, ffn_);
+    if (!l.bq.empty()) {
+      s.bq = l.bq.data() + r * n_heads_ * hd;
+      s.bk = l.bk.data() + r * n_kv_heads_ * hd;
+      s.bv = l.bv.data() + r * n_kv_heads_ * hd;
+    }
+    layers_.push_back(s);
+  }
+}
+
+void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
+  const auto& c = model_.config();
+  const auto& W = model_.weights();
+  const std::int64_t n = static_cast<std::int64_t>(b.tokens.size());
+  if (n == 0) {
+    logits.clear();
+    return;
+  }
+  const std::int64_t H = c.hidden_size, hd = c.head_dim;
+  const std::int64_t qd = n_heads_ * hd, kd = n_kv_heads_ * hd;
+  const std::int32_t bs = cache_.block_size();
+  for (std::int64_t t = 0; t < n; ++t) {
+    if (b.tokens[t] < 0 || b.tokens[t] >= c.vocab_size) {
+      throw error(errc::out_of_range, "token id " + std::to_string(b.tokens[t]) + " is outside the vocabulary (" +
+                                          std::to_string(c.vocab_size) + ")");
+    }
+    if (b.positions[t] < 0 || b.positions[t] >= c.max_positions) {
+      throw error(errc::out_of_range, "position " + std::to_string(b.positions[t]) + " is beyond the context (" +
+                                          std::to_string(c.max_positions) + ")");
+    }
+  }
+  x_.resize(n * H);
+  xn_.resize(n * H);
+  q_.resize(n * qd);
+  k_.resize(n * kd);
+  v_.resize(n * kd);
+  attn_.resize(n * qd);
+  proj_.resize(n * H);
+  gate_.resize(n * ffn_);
+  up_.resize(n * ffn_);
+
+  be_.embed(W.tok_embd.m, b.tokens, x_.data());
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (std::size_t li = 0; li < layers_.size(); ++li) {
+    const auto& L = layers_[li];
+    const auto& LW = W.layers[li];
+    be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
+    be_.matmul(L.wq, xn_.data(), n, q_.data());
+    be_.matmul(L.wk, xn_.data(), n, k_.data());
+    be_.matmul(L.wv, xn_.data(), n, v_.data());
+    if (L.bq) {
+      for (std::int64_t t = 0; t < n; ++t) {
+        be_.add(q_.data() + t * qd, L.bq, qd);
+        be_.add(k_.data() + t * kd, L.bk, kd);
+        be_.add(v_.data() + t * kd, L.bv, kd);
+      }
+    }
+    be_.rope(q_.data(), b.positions, static_cast<std::int32_t>(n_heads_), static_cast<std::int32_t>(hd),
+             static_cast<std::int32_t>(c.rope_dim), c.rope_style, model_.rope_inv_freq().data(),
+             model_.rope_attn_factor());
+    be_.rope(k_.data(), b.positions, static_cast<std::int32_t>(n_kv_heads_), static_cast<std::int32_t>(hd),
+             static_cast<std::int32_t>(c.rope_dim), c.rope_style, model_.rope_inv_freq().data(),
+             model_.rope_attn_factor());
+    // Write this batch's keys/values into their slots before attending, so a prompt chunk sees
+    // itself causally.
+    float* kc = cache_.k(li);
+    float* vc = cache_.v(li);
+    for (std::int64_t t = 0; t < n; ++t) {
+      const std::int32_t p = b.positions[t];
+      const std::int64_t slot = static_cast<std::int64_t>(b.block_tables[t][p / bs]) * bs + p % bs;
+      std::memcpy(kc + slot * kd, k_.data() + t * kd, kd * sizeof(float));
+      std::memcpy(vc + slot * kd, v_.data() + t * kd, kd * sizeof(float));
+    }
+    kernels::attention_args a;
+    a.q = q_.data();
+    a.out = attn_.data();
+    a.k_cache = kc;
+    a.v_cache = vc;
+    a.positions = b.positions;
+    a.block_tables = b.block_tables;
+    a.n_heads = static_cast<std::int32_t>(n_heads_);
+    a.n_kv_heads = static_cast<std::int32_t>(n_kv_heads_);
+    a.head_dim = static_cast<std::int32_t>(hd);
+    a.block_size = bs;
+    a.scale = attn_scale;
+    be_.attention(a);
+    be_.matmul(L.wo, attn_.data(), n, proj_.data());
+    if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), proj_.size());
+    be_.add(x_.data(), proj_.data(), n * H);
+
+    be_.rmsnorm(x_.data(), LW.ffn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
+    be_.matmul(L.w_gate, xn_.data(), n, gate_.data());
+    be_.matmul(L.w_up, xn_.data(), n, up_.data());
+    be_.silu_mul(gate_.data(), up_.data(), n * ffn_);
+    be_.matmul(L.w_down, gate_.data(), n, proj_.data());
+    if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), proj_.size());
+    be_.add(x_.data(), proj_.data(), n * H);
+  }
+
+  const std::int64_t nl = static_cast<std::int64_t>(b.logit_rows.size());
+  rows_.resize(nl * H);
+  for (std::int64_t i = 0; i < nl; ++i) {
+    std::memcpy(rows_.data() + i * H, x_.data() + static_cast<std::int64_t>(b.logit_rows[i]) * H, H * sizeof(float));
+  }
+  xn_.resize(std::max<std::int64_t>(n, nl) * H);
+  be_.rmsnorm(rows_.data(), W.out_norm.data(), c.rms_norm_eps, nl, H, xn_.data());
+  logits.resize(nl * c.vocab_size);
+  be_.matmul(W.lm_head.m, xn_.data(), nl, logits.data());
+}
+
+}  // namespace shoal

@@ -1,0 +1,32 @@
+#pragma once
+// Renders Hugging Face chat templates (a faithful Jinja2 subset) with transformers' settings:
+// trim_blocks, lstrip_blocks, and the variables `messages`, `add_generation_prompt`, `bos_token`,
+// `eos_token` (plus `tools` when given). Unknown constructs throw shoal::error naming the feature.
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace shoal {
+
+struct chat_template_vars {
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  bool add_generation_prompt = false;
+  std::string bos_token;
+  std::string eos_token;
+  /// Optional tool definitions (null when absent: templates test `tools is defined`/`tools`).
+  nlohmann::ordered_json tools = nullptr;
+};
+
+/// Renders `source` (the template text) with `vars`. Throws shoal::error (errc::unsupported) for a
+/// Jinja feature outside the subset, naming it and its line; errc::invalid_argument for a template
+/// that calls raise_exception().
+std::string render_chat_template(const std::string& source, const chat_template_vars& vars);
+
+/// As above, with further template variables (e.g. pad_token, date_string, enable_thinking, as
+/// transformers passes special tokens and apply_chat_template kwargs), each given as JSON; a key
+/// here overrides the same key from `vars`.
+std::string render_chat_template(const std::string& source, const chat_template_vars& vars,
+                                 const nlohmann::ordered_json& extra_vars);
+
+}  // namespace shoal

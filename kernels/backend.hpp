@@ -1,0 +1,77 @@
+#pragma once
+// The one kernel interface the forward pass calls. cpu/ implements it (the reference is plain F32
+// math; fast backends are checked against it op by op), cuda/ later.
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "kernels/dtype.hpp"
+
+namespace shoal::kernels {
+
+/// A weight matrix W[rows][cols], row-major, possibly a window of a wider matrix (a tensor-parallel
+/// slice of columns): row r starts `row_stride` elements after row r-1.
+struct matrix {
+  const void* data = nullptr;
+  dtype type = dtype::f32;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t row_stride = 0;  // elements between row starts; == cols for a whole matrix
+
+  /// Rows [begin, begin + count) of this matrix.
+  matrix row_slice(std::int64_t begin, std::int64_t count) const;
+  /// Columns [begin, begin + count) of this matrix.
+  matrix col_slice(std::int64_t begin, std::int64_t count) const;
+};
+
+enum class rope_style : std::uint8_t {
+  neox,         // rotate halves: (x[i], x[i + d/2]) pairs; Hugging Face's rotate_half layout
+  interleaved,  // rotate (x[2i], x[2i+1]) pairs; GGUF/llama.cpp "NORM" layout, Meta's original
+};
+
+/// Attention of a batch of query tokens over a paged KV cache. Token t belongs to a sequence whose
+/// block table is `block_tables[t]`; it attends to positions 0..positions[t] of that sequence
+/// (causal), whose keys/values have already been written to the cache.
+struct attention_args {
+  const float* q = nullptr;          // [n_tokens, n_heads, head_dim]
+  float* out = nullptr;              // [n_tokens, n_heads, head_dim]
+  const float* k_cache = nullptr;    // [n_blocks, block_size, n_kv_heads, head_dim]
+  const float* v_cache = nullptr;    // [n_blocks, block_size, n_kv_heads, head_dim]
+  std::span<const std::int32_t> positions;              // [n_tokens]
+  std::span<const std::int32_t* const> block_tables;    // [n_tokens] -> that token's sequence table
+  std::int32_t n_heads = 0;
+  std::int32_t n_kv_heads = 0;
+  std::int32_t head_dim = 0;
+  std::int32_t block_size = 0;
+  float scale = 1.0f;
+};
+
+class backend {
+ public:
+  virtual ~backend() = default;
+  virtual const char* name() const = 0;
+
+  /// y[t, r] = sum_c w[r, c] * x[t, c] for t < n; x is [n, w.cols], y is [n, w.rows].
+  virtual void matmul(const matrix& w, const float* x, std::int64_t n, float* y) = 0;
+  /// out[t, :] = table[ids[t], :] converted to F32.
+  virtual void embed(const matrix& table, std::span<const std::int32_t> ids, float* out) = 0;
+  /// y[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * weight, for n rows of `dim`.
+  virtual void rmsnorm(const float* x, const float* weight, float eps, std::int64_t n,
+                       std::int64_t dim, float* y) = 0;
+  /// Rotates the first `rot_dim` dims of each head in x[t, h, :] by positions[t] * inv_freq[i],
+  /// multiplying cos and sin by `attn_factor` (YaRN's magnitude correction; 1 otherwise).
+  virtual void rope(float* x, std::span<const std::int32_t> positions, std::int32_t n_heads,
+                    std::int32_t head_dim, std::int32_t rot_dim, rope_style style,
+                    const float* inv_freq, float attn_factor) = 0;
+  virtual void attention(const attention_args& args) = 0;
+  /// gate[i] = silu(gate[i]) * up[i].
+  virtual void silu_mul(float* gate, const float* up, std::int64_t n) = 0;
+  /// y[i] += x[i].
+  virtual void add(float* y, const float* x, std::int64_t n) = 0;
+};
+
+/// The plain F32 reference: simple loops, single-threaded, the yardstick for every fast kernel.
+std::unique_ptr<backend> make_reference_backend();
+
+}  // namespace shoal::kernels

@@ -1,0 +1,152 @@
+// Plain F32 reference kernels: one obvious loop per op. Fast kernels are tested against these.
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/backend.hpp"
+
+namespace shoal::kernels {
+
+matrix matrix::row_slice(std::int64_t begin, std::int64_t count) const {
+  matrix m = *this;
+  m.data = static_cast<const std::uint8_t*>(data) + begin * row_stride * dtype_size(type);
+  m.rows = count;
+  return m;
+}
+
+matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
+  matrix m = *this;
+  m.data = static_cast<const std::uint8_t*>(data) + begin * dtype_size(type);
+  m.cols = count;
+  return m;
+}
+
+namespace {
+
+// Converts row r of w to F32 in `out` (w.cols floats).
+void load_row(const matrix& w, std::int64_t r, float* out) {
+  const auto* base = static_cast<const std::uint8_t*>(w.data) + r * w.row_stride * dtype_size(w.type);
+  switch (w.type) {
+    case dtype::f32:
+      std::memcpy(out, base, w.cols * sizeof(float));
+      break;
+    case dtype::f16: {
+      const auto* p = reinterpret_cast<const std::uint16_t*>(base);
+      for (std::int64_t c = 0; c < w.cols; ++c) out[c] = f16_to_f32(p[c]);
+      break;
+    }
+    case dtype::bf16: {
+      const auto* p = reinterpret_cast<const std::uint16_t*>(base);
+      for (std::int64_t c = 0; c < w.cols; ++c) out[c] = bf16_to_f32(p[c]);
+      break;
+    }
+  }
+}
+
+class reference_backend final : public backend {
+ public:
+  const char* name() const override { return "cpu-reference"; }
+
+  void matmul(const matrix& w, const float* x, std::int64_t n, float* y) override {
+    std::vector<float> row(w.cols);
+    for (std::int64_t r = 0; r < w.rows; ++r) {
+      load_row(w, r, row.data());
+      for (std::int64_t t = 0; t < n; ++t) {
+        const float* xt = x + t * w.cols;
+        float acc = 0.0f;
+        for (std::int64_t c = 0; c < w.cols; ++c) acc += row[c] * xt[c];
+        y[t * w.rows + r] = acc;
+      }
+    }
+  }
+
+  void embed(const matrix& table, std::span<const std::int32_t> ids, float* out) override {
+    for (std::size_t t = 0; t < ids.size(); ++t) load_row(table, ids[t], out + t * table.cols);
+  }
+
+  void rmsnorm(const float* x, const float* weight, float eps, std::int64_t n, std::int64_t dim,
+               float* y) override {
+    for (std::int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * dim;
+      float ss = 0.0f;
+      for (std::int64_t i = 0; i < dim; ++i) ss += xt[i] * xt[i];
+      float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+      for (std::int64_t i = 0; i < dim; ++i) y[t * dim + i] = xt[i] * inv * weight[i];
+    }
+  }
+
+  void rope(float* x, std::span<const std::int32_t> positions, std::int32_t n_heads,
+            std::int32_t head_dim, std::int32_t rot_dim, rope_style style, const float* inv_freq,
+            float attn_factor) override {
+    const std::int32_t half = rot_dim / 2;
+    for (std::size_t t = 0; t < positions.size(); ++t) {
+      for (std::int32_t h = 0; h < n_heads; ++h) {
+        float* v = x + (t * n_heads + h) * head_dim;
+        for (std::int32_t i = 0; i < half; ++i) {
+          float angle = static_cast<float>(positions[t]) * inv_freq[i];
+          float c = std::cos(angle) * attn_factor;
+          float s = std::sin(angle) * attn_factor;
+          std::int32_t a = style == rope_style::neox ? i : 2 * i;
+          std::int32_t b = style == rope_style::neox ? i + half : 2 * i + 1;
+          float x0 = v[a], x1 = v[b];
+          v[a] = x0 * c - x1 * s;
+          v[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
+  void attention(const attention_args& a) override {
+    const std::int32_t group = a.n_heads / a.n_kv_heads;
+    const std::int64_t token_stride = static_cast<std::int64_t>(a.n_kv_heads) * a.head_dim;
+    std::vector<float> scores;
+    for (std::size_t t = 0; t < a.positions.size(); ++t) {
+      const std::int32_t n_ctx = a.positions[t] + 1;
+      const std::int32_t* table = a.block_tables[t];
+      scores.resize(n_ctx);
+      for (std::int32_t h = 0; h < a.n_heads; ++h) {
+        const float* q = a.q + (t * a.n_heads + h) * a.head_dim;
+        const std::int32_t kvh = h / group;
+        float max_score = -INFINITY;
+        for (std::int32_t p = 0; p < n_ctx; ++p) {
+          std::int64_t slot = static_cast<std::int64_t>(table[p / a.block_size]) * a.block_size +
+                              p % a.block_size;
+          const float* k = a.k_cache + slot * token_stride + kvh * a.head_dim;
+          float dot = 0.0f;
+          for (std::int32_t i = 0; i < a.head_dim; ++i) dot += q[i] * k[i];
+          scores[p] = dot * a.scale;
+          max_score = std::max(max_score, scores[p]);
+        }
+        float sum = 0.0f;
+        for (std::int32_t p = 0; p < n_ctx; ++p) {
+          scores[p] = std::exp(scores[p] - max_score);
+          sum += scores[p];
+        }
+        float* out = a.out + (t * a.n_heads + h) * a.head_dim;
+        std::memset(out, 0, a.head_dim * sizeof(float));
+        for (std::int32_t p = 0; p < n_ctx; ++p) {
+          std::int64_t slot = static_cast<std::int64_t>(table[p / a.block_size]) * a.block_size +
+                              p % a.block_size;
+          const float* v = a.v_cache + slot * token_stride + kvh * a.head_dim;
+          float w = scores[p] / sum;
+          for (std::int32_t i = 0; i < a.head_dim; ++i) out[i] += w * v[i];
+        }
+      }
+    }
+  }
+
+  void silu_mul(float* gate, const float* up, std::int64_t n) override {
+    for (std::int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void add(float* y, const float* x, std::int64_t n) override {
+    for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<backend> make_reference_backend() { return std::make_unique<reference_backend>(); }
+
+}  // namespace shoal::kernels

@@ -1,0 +1,140 @@
+// shoal generate: local generation on this machine (no cluster).
+
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/common/error.hpp"
+#include "engine/model/model.hpp"
+#include "engine/runner/generate.hpp"
+#include "tools/cli/commands.hpp"
+
+namespace shoal::cli {
+
+namespace {
+
+struct generate_args {
+  std::string model;
+  std::string prompt;
+  std::string chat_file_path;
+  std::string chat_template_path;
+  std::int32_t max_tokens = 128;
+  float temperature = 1.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::uint64_t seed = 0;
+  bool seed_set = false;
+  int threads = 1;
+  bool ignore_eos = false;
+  bool json = false;
+  bool dump_logits = false;
+  bool specials_as_text = false;
+  bool no_bos = false;
+  std::vector<std::string> stop;
+  std::vector<std::int32_t> stop_ids;
+};
+
+int run_generate(const generate_args& a) {
+  if (a.threads < 1) throw error(errc::invalid_argument, "--threads must be at least 1");
+  if (a.max_tokens < 0) throw error(errc::invalid_argument, "--max-tokens must be >= 0");
+  auto m = model::load(a.model);
+  const tokenizer& tok = m->tok();
+  std::vector<std::int32_t> ids;
+  if (!a.chat_file_path.empty()) {
+    auto chat = read_chat_file(a.chat_file_path);
+    auto text = render_chat(tok, chat, chat.add_generation_prompt, a.chat_template_path);
+    // The template writes BOS itself, as transformers' apply_chat_template(tokenize=True) assumes.
+    ids = tok.encode(text, encode_options{.add_special = false, .parse_special = true});
+  } else {
+    ids = tok.encode(a.prompt, encode_options{.add_special = !a.no_bos, .parse_special = !a.specials_as_text});
+  }
+  if (ids.empty()) {
+    throw error(errc::invalid_argument, "the prompt encodes to no tokens (empty prompt with --no-bos?)");
+  }
+
+  generation_options opts;
+  opts.max_tokens = a.max_tokens;
+  opts.ignore_eos = a.ignore_eos;
+  opts.stop = a.stop;
+  opts.stop_token_ids = a.stop_ids;
+  opts.sampling.temperature = a.temperature;
+  opts.sampling.top_k = a.top_k;
+  opts.sampling.top_p = a.top_p;
+  opts.sampling.min_p = a.min_p;
+  opts.sampling.repetition_penalty = a.repetition_penalty;
+  opts.sampling.presence_penalty = a.presence_penalty;
+  opts.sampling.frequency_penalty = a.frequency_penalty;
+  if (a.seed_set) opts.sampling.seed = a.seed;
+  if (auto msg = opts.sampling.validate(); !msg.empty()) throw error(errc::invalid_argument, msg);
+
+  auto be = kernels::make_reference_backend();
+  model_runner runner(*m, *be, shard_spec{}, nullptr, kv_cache_options{});
+  nlohmann::json logits_json = nlohmann::json::array();
+  logits_callback on_logits;
+  if (a.dump_logits) {
+    on_logits = [&](std::int32_t pos, std::int32_t input, std::span<const float> l) {
+      logits_json.push_back({{"position", pos}, {"input_token", input}, {"logits", std::vector<float>(l.begin(), l.end())}});
+    };
+  }
+  text_callback on_text;
+  if (!a.json) {
+    std::cout << tok.decode(ids, /*skip_special=*/true) << std::flush;
+    on_text = [](std::string_view s) { std::cout << s << std::flush; };
+  }
+  auto res = generate(runner, ids, opts, on_text, on_logits);
+  if (a.json) {
+    nlohmann::json out;
+    out["prompt_ids"] = res.prompt_ids;
+    out["generated_ids"] = res.generated_ids;
+    out["text"] = res.text;
+    out["generated_text"] = res.generated_text;
+    out["finish_reason"] = to_string(res.reason);
+    out["usage"] = {{"prompt_tokens", res.prompt_ids.size()}, {"completion_tokens", res.generated_ids.size()}};
+    out["timings"] = {{"prefill_seconds", res.prefill_seconds}, {"decode_seconds", res.decode_seconds}};
+    if (a.dump_logits) out["logits_at"] = logits_json;
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+runner_fn add_generate(CLI::App& app) {
+  auto a = std::make_shared<generate_args>();
+  app.add_option("--model", a->model, "HF model directory or .gguf file")->required();
+  auto* p = app.add_option("--prompt", a->prompt, "Prompt text (BOS is added as the tokenizer says)");
+  auto* c = app.add_option("--chat-file", a->chat_file_path,
+                           "JSON chat: an array of {role, content} or {\"messages\": [...], \"tools\": [...]}");
+  p->excludes(c);
+  app.add_option("--chat-template", a->chat_template_path, "Use this Jinja template file instead of the model's");
+  app.add_option("--max-tokens", a->max_tokens, "Most tokens to generate (default 128)");
+  app.add_option("--temperature", a->temperature, "0 = greedy (default 1)");
+  app.add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = off)");
+  app.add_option("--top-p", a->top_p, "Nucleus sampling mass (1 = off)");
+  app.add_option("--min-p", a->min_p, "Drop tokens below min_p * p(max) (0 = off)");
+  app.add_option("--repetition-penalty", a->repetition_penalty, "Divide logits of seen tokens (1 = off)");
+  app.add_option("--presence-penalty", a->presence_penalty, "Subtract from logits of generated tokens");
+  app.add_option("--frequency-penalty", a->frequency_penalty, "Subtract per occurrence in the output");
+  auto* seed = app.add_option("--seed", a->seed, "RNG seed: same seed and parameters give the same text");
+  app.add_option("--threads", a->threads, "CPU threads (default 1)");
+  app.add_option("--stop", a->stop, "Stop string (repeatable); the text ends before it");
+  app.add_option("--stop-token-id", a->stop_ids, "Stop at this token id (repeatable)");
+  app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-sequence tokens");
+  app.add_flag("--json", a->json, "Print one JSON object: prompt_ids, generated_ids, text, generated_text, ...");
+  app.add_flag("--dump-logits", a->dump_logits, "With --json: add logits_at (full logits at each step)");
+  app.add_flag("--specials-as-text", a->specials_as_text,
+               "Treat special-token strings in the prompt (e.g. <s>) as plain text");
+  app.add_flag("--no-bos", a->no_bos, "Do not add BOS/special tokens around the prompt");
+  return [a, seed] {
+    a->seed_set = seed->count() > 0;
+    return run_generate(*a);
+  };
+}
+
+}  // namespace shoal::cli

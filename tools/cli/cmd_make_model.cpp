@@ -1,0 +1,232 @@
+// shoal make-model: a model with seeded random weights (normal, std 0.02) and a valid tokenizer,
+// for benchmarks and for running the pipeline where no trained model is at hand.
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <set>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/common/error.hpp"
+#include "engine/model/safetensors.hpp"
+#include "kernels/dtype.hpp"
+#include "tools/cli/commands.hpp"
+
+namespace shoal::cli {
+
+namespace {
+
+struct shape_spec {
+  std::string architecture;
+  std::int64_t hidden, intermediate, layers, heads, kv_heads, vocab, context;
+  double rope_theta, eps;
+  bool qkv_bias, tied;
+};
+
+std::map<std::string, shape_spec> known_shapes() {
+  return {
+      {"tiny", {"LlamaForCausalLM", 64, 172, 5, 8, 4, 512, 512, 10000.0, 1e-5, false, true}},
+      {"tinyllama-1.1b", {"LlamaForCausalLM", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0, 1e-5, false, false}},
+      {"qwen2-0.5b", {"Qwen2ForCausalLM", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0, 1e-6, true, true}},
+  };
+}
+
+// A SentencePiece-style BPE vocabulary: specials, 256 byte-fallback tokens, printable characters
+// (with and without the "▁" word marker), then merges of existing tokens chosen by a seeded RNG
+// until the vocabulary is full. Every merge joins two tokens already present, so it is valid BPE.
+nlohmann::ordered_json make_tokenizer_json(std::int64_t vocab_size, std::uint64_t seed) {
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+    tokens.push_back(buf);
+  }
+  const std::string marker = "\xe2\x96\x81";  // ▁
+  std::vector<std::string> base = {marker};
+  for (char c = 33; c < 127; ++c) base.push_back(std::string(1, c));
+  for (auto& b : base) tokens.push_back(b);
+  std::set<std::string> present(tokens.begin(), tokens.end());
+  std::vector<std::pair<std::string, std::string>> merges;
+  std::mt19937_64 rng(seed);
+  // Word-start pieces first ("▁a", "▁b", ...) so ordinary text merges well.
+  for (std::size_t i = 1; i < base.size() && static_cast<std::int64_t>(tokens.size()) < vocab_size; ++i) {
+    std::string t = marker + base[i];
+    merges.emplace_back(marker, base[i]);
+    tokens.push_back(t);
+    present.insert(t);
+  }
+  const std::size_t first_mergeable = 3 + 256;
+  while (static_cast<std::int64_t>(tokens.size()) < vocab_size) {
+    std::uniform_int_distribution<std::size_t> pick(first_mergeable, tokens.size() - 1);
+    const std::string& a = tokens[pick(rng)];
+    const std::string& b = tokens[pick(rng)];
+    if (b.rfind(marker, 0) == 0 || a.size() + b.size() > 24) continue;  // "▁" only starts a token
+    std::string t = a + b;
+    if (!present.insert(t).second) continue;
+    merges.emplace_back(a, b);
+    tokens.push_back(t);
+  }
+  tokens.resize(vocab_size);
+  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
+  for (std::size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
+  nlohmann::ordered_json merge_list = nlohmann::ordered_json::array();
+  for (auto& [a, b] : merges) {
+    if (present.count(a + b) && vocab.contains(a + b)) merge_list.push_back(a + " " + b);
+  }
+  auto special = [](int id, const char* s) {
+    return nlohmann::ordered_json{{"id", id}, {"content", s}, {"single_word", false}, {"lstrip", false},
+                                  {"rstrip", false}, {"normalized", false}, {"special", true}};
+  };
+  nlohmann::ordered_json j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  j["added_tokens"] = {special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")};
+  j["normalizer"] = {{"type", "Sequence"},
+                     {"normalizers", {{{"type", "Prepend"}, {"prepend", marker}},
+                                      {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", marker}}}}};
+  j["pre_tokenizer"] = nullptr;
+  j["post_processor"] = {{"type", "TemplateProcessing"},
+                         {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                                     {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                         {"pair", nlohmann::ordered_json::array()},
+                         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}};
+  j["decoder"] = {{"type", "Sequence"},
+                  {"decoders", {{{"type", "Replace"}, {"pattern", {{"String", marker}}}, {"content", " "}},
+                                {{"type", "ByteFallback"}},
+                                {{"type", "Fuse"}},
+                                {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  j["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"},
+                {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                {"fuse_unk", true}, {"byte_fallback", true}, {"ignore_merges", false},
+                {"vocab", vocab}, {"merges", merge_list}};
+  return j;
+}
+
+void write_json(const std::string& path, const nlohmann::ordered_json& j) {
+  std::ofstream out(path);
+  if (!out) throw error(errc::invalid_argument, path + ": cannot create");
+  out << j.dump(2) << "\n";
+}
+
+struct make_model_args {
+  std::string shape = "tiny";
+  std::string dtype = "f32";
+  std::string out;
+  std::string format = "hf";
+  std::uint64_t seed = 1234;
+  bool force = false;
+};
+
+int run_make_model(const make_model_args& a) {
+  auto shapes = known_shapes();
+  auto it = shapes.find(a.shape);
+  if (it == shapes.end()) throw error(errc::invalid_argument, "unknown --shape '" + a.shape + "' (tiny, tinyllama-1.1b, qwen2-0.5b)");
+  const auto& s = it->second;
+  std::string st_dtype;
+  if (a.dtype == "f32") st_dtype = "F32";
+  else if (a.dtype == "f16") st_dtype = "F16";
+  else if (a.dtype == "bf16") st_dtype = "BF16";
+  else throw error(errc::invalid_argument, "unknown --dtype '" + a.dtype + "' (f32, f16, bf16)");
+  if (a.format != "hf") throw error(errc::unsupported, "--format " + a.format + " is not supported yet (hf is)");
+  namespace fs = std::filesystem;
+  if (fs::exists(a.out)) {
+    if (!a.force) throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
+  }
+  fs::create_directories(a.out);
+
+  const std::int64_t hd = s.hidden / s.heads;
+  nlohmann::ordered_json cfg = {
+      {"architectures", {s.architecture}},
+      {"model_type", s.architecture == "Qwen2ForCausalLM" ? "qwen2" : "llama"},
+      {"hidden_size", s.hidden}, {"intermediate_size", s.intermediate},
+      {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+      {"num_key_value_heads", s.kv_heads}, {"head_dim", hd}, {"hidden_act", "silu"},
+      {"vocab_size", s.vocab}, {"max_position_embeddings", s.context},
+      {"rms_norm_eps", s.eps}, {"rope_theta", s.rope_theta}, {"rope_scaling", nullptr},
+      {"tie_word_embeddings", s.tied}, {"bos_token_id", 1}, {"eos_token_id", 2},
+      {"torch_dtype", a.dtype == "f32" ? "float32" : a.dtype == "f16" ? "float16" : "bfloat16"},
+      {"shoal_random_weights", true}, {"shoal_seed", a.seed}};
+  write_json(a.out + "/config.json", cfg);
+  write_json(a.out + "/generation_config.json", {{"bos_token_id", 1}, {"eos_token_id", 2}});
+  write_json(a.out + "/tokenizer.json", make_tokenizer_json(s.vocab, a.seed));
+  write_json(a.out + "/tokenizer_config.json",
+             {{"add_bos_token", true}, {"add_eos_token", false}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
+              {"unk_token", "<unk>"}, {"model_max_length", s.context}, {"tokenizer_class", "LlamaTokenizer"},
+              {"chat_template",
+               "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '\\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"}});
+
+  safetensors_writer w;
+  struct spec {
+    std::int64_t count;
+    bool norm;
+  };
+  std::vector<spec> specs;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, bool norm) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    w.add(name, st_dtype, std::move(shape));
+    specs.push_back({n, norm});
+  };
+  add("model.embed_tokens.weight", {s.vocab, s.hidden}, false);
+  for (std::int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {s.hidden}, true);
+    add(p + "self_attn.q_proj.weight", {s.heads * hd, s.hidden}, false);
+    add(p + "self_attn.k_proj.weight", {s.kv_heads * hd, s.hidden}, false);
+    add(p + "self_attn.v_proj.weight", {s.kv_heads * hd, s.hidden}, false);
+    if (s.qkv_bias) {
+      add(p + "self_attn.q_proj.bias", {s.heads * hd}, false);
+      add(p + "self_attn.k_proj.bias", {s.kv_heads * hd}, false);
+      add(p + "self_attn.v_proj.bias", {s.kv_heads * hd}, false);
+    }
+    add(p + "self_attn.o_proj.weight", {s.hidden, s.heads * hd}, false);
+    add(p + "post_attention_layernorm.weight", {s.hidden}, true);
+    add(p + "mlp.gate_proj.weight", {s.intermediate, s.hidden}, false);
+    add(p + "mlp.up_proj.weight", {s.intermediate, s.hidden}, false);
+    add(p + "mlp.down_proj.weight", {s.hidden, s.intermediate}, false);
+  }
+  add("model.norm.weight", {s.hidden}, true);
+  if (!s.tied) add("lm_head.weight", {s.vocab, s.hidden}, false);
+  w.set_metadata("format", "pt");
+
+  std::mt19937_64 rng(a.seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  const std::size_t elem = st_dtype == "F32" ? 4 : 2;
+  w.write(a.out + "/model.safetensors", [&](std::size_t i, std::vector<std::uint8_t>& out) {
+    const auto n = static_cast<std::size_t>(specs[i].count);
+    out.resize(n * elem);
+    for (std::size_t k = 0; k < n; ++k) {
+      // Norm weights are 1 (as initialized in training); everything else N(0, 0.02).
+      const float v = specs[i].norm ? 1.0f : normal(rng);
+      if (elem == 4) {
+        std::memcpy(out.data() + 4 * k, &v, 4);
+      } else {
+        const std::uint16_t h = st_dtype == "F16" ? f32_to_f16(v) : f32_to_bf16(v);
+        std::memcpy(out.data() + 2 * k, &h, 2);
+      }
+    }
+  });
+  std::cout << "wrote " << a.out << "\n";
+  return 0;
+}
+
+}  // namespace
+
+runner_fn add_make_model(CLI::App& app) {
+  auto a = std::make_shared<make_model_args>();
+  app.add_option("--shape", a->shape, "tiny | tinyllama-1.1b | qwen2-0.5b (default tiny)");
+  app.add_option("--dtype", a->dtype, "f32 | f16 | bf16 (default f32)");
+  app.add_option("--out", a->out, "Output directory")->required();
+  app.add_option("--format", a->format, "hf (default)");
+  app.add_option("--seed", a->seed, "RNG seed (default 1234)");
+  app.add_flag("--force", a->force, "Overwrite an existing --out");
+  return [a] { return run_make_model(*a); };
+}
+
+}  // namespace shoal::cli

@@ -1,0 +1,41 @@
+// shoal: one binary, one subcommand per job. `shoal <command> --help` describes each.
+
+#include <iostream>
+#include <vector>
+
+#include "engine/common/error.hpp"
+#include "tools/cli/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Shoal: serve DeepSeek-family language models on your own machines"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "shoal 0.1.0");
+  std::vector<std::pair<CLI::App*, shoal::cli::runner_fn>> commands;
+  auto add = [&](const char* name, const char* help, auto adder) {
+    auto* sub = app.add_subcommand(name, help);
+    commands.emplace_back(sub, adder(*sub));
+  };
+  add("generate", "Generate text from a prompt or a chat file on this machine", shoal::cli::add_generate);
+  add("tokenize", "Encode text to token ids", shoal::cli::add_tokenize);
+  add("chat-template", "Render a chat with the model's chat template", shoal::cli::add_chat_template);
+  add("inspect", "Describe a model: architecture, shapes, dtypes, parameters, tokenizer", shoal::cli::add_inspect);
+  add("make-model", "Write a model with seeded random weights (for tests and benchmarks)", shoal::cli::add_make_model);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    for (auto& [sub, run] : commands) {
+      if (sub->parsed()) return run();
+    }
+  } catch (const shoal::error& e) {
+    std::cerr << "shoal: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "shoal: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}
