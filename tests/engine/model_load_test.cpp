@@ -9,6 +9,7 @@
 #include "engine/common/error.hpp"
 #include "engine/model/model.hpp"
 #include "engine/model/safetensors.hpp"
+#include "engine/runner/generate.hpp"
 #include "tests/support/shared.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -256,6 +257,95 @@ BOOST_AUTO_TEST_CASE(gguf_unsupported_architecture, *boost::unit_test::precondit
   bytes[v + 1] = 'x';
   d.write("m.gguf", bytes);
   expect_load_error(d / "m.gguf", {"m.gguf", "lxama", "not supported"});
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(model_formats)
+
+namespace {
+
+// Rewrites stories260K's weights as `dtype` (F16/BF16) into `dir`, optionally split into two
+// shards with a model.safetensors.index.json.
+void write_converted(const temp_dir& d, const std::string& dtype, bool sharded) {
+  for (auto f : {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    fs::copy_file(shared_path(std::string(kStories) + "/" + f), d / f);
+  }
+  shoal::safetensors_file src(shared_path(std::string(kStories) + "/model.safetensors"));
+  std::vector<const shoal::safetensors_tensor*> all;
+  for (auto& [name, t] : src.tensors()) all.push_back(&t);
+  const std::size_t shards = sharded ? 2 : 1;
+  nlohmann::json weight_map;
+  for (std::size_t s = 0; s < shards; ++s) {
+    shoal::safetensors_writer w;
+    std::vector<const shoal::safetensors_tensor*> mine;
+    for (std::size_t i = s; i < all.size(); i += shards) {
+      w.add(all[i]->name, dtype, all[i]->shape);
+      mine.push_back(all[i]);
+    }
+    const std::string file = sharded ? "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors" : "model.safetensors";
+    for (auto* t : mine) weight_map[t->name] = file;
+    w.write(d / file, [&](std::size_t i, std::vector<std::uint8_t>& out) {
+      const auto* t = mine[i];
+      const std::size_t n = t->nbytes / 4;
+      out.resize(n * (dtype == "F32" ? 4 : 2));
+      for (std::size_t k = 0; k < n; ++k) {
+        float v;
+        std::memcpy(&v, t->data + 4 * k, 4);
+        if (dtype == "F32") {
+          std::memcpy(out.data() + 4 * k, &v, 4);
+        } else {
+          std::uint16_t h = dtype == "F16" ? shoal::f32_to_f16(v) : shoal::f32_to_bf16(v);
+          std::memcpy(out.data() + 2 * k, &h, 2);
+        }
+      }
+    });
+  }
+  if (sharded) d.write("model.safetensors.index.json", nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}.dump());
+}
+
+std::vector<std::int32_t> greedy(const std::string& path, const std::vector<std::int32_t>& prompt, int n) {
+  auto m = shoal::model::load(path);
+  auto be = shoal::kernels::make_reference_backend();
+  shoal::model_runner r(*m, *be, {}, nullptr, {});
+  shoal::generation_options o;
+  o.sampling.temperature = 0;
+  o.max_tokens = n;
+  o.ignore_eos = true;
+  return shoal::generate(r, prompt, o).generated_ids;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(sharded_index_loads, *boost::unit_test::precondition(needs_shared{kStories})) {
+  temp_dir d;
+  write_converted(d, "F32", true);
+  auto g = shoal::test::read_json(shared_path("golden/lily_and_tom.json"));
+  auto ids = greedy(d.path(), g["prompt_ids"], 48);
+  BOOST_TEST(ids == g["generated_ids"].get<std::vector<std::int32_t>>(), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(sharded_index_missing_shard, *boost::unit_test::precondition(needs_shared{kStories})) {
+  temp_dir d;
+  write_converted(d, "F32", true);
+  fs::remove(d / "model-00002-of-00002.safetensors");
+  expect_load_error(d.path(), {"model-00002-of-00002.safetensors", "missing"});
+}
+
+BOOST_AUTO_TEST_CASE(f16_and_bf16_reproduce_the_goldens, *boost::unit_test::precondition(needs_shared{kStories})) {
+  // ../shared/README.md: the smallest top-1/top-2 gap in these goldens is 0.036, so half-precision
+  // weights must still give the same greedy ids here.
+  for (std::string dtype : {"F16", "BF16"}) {
+    temp_dir d;
+    write_converted(d, dtype, false);
+    BOOST_TEST((shoal::model::load(d.path())->weights().layers[0].wq.m.type ==
+                (dtype == "F16" ? shoal::dtype::f16 : shoal::dtype::bf16)));
+    for (auto name : {"once_upon_a_time", "the_cat"}) {
+      auto g = shoal::test::read_json(shared_path(std::string("golden/") + name + ".json"));
+      auto ids = greedy(d.path(), g["prompt_ids"], 48);
+      BOOST_TEST(ids == g["generated_ids"].get<std::vector<std::int32_t>>(), dtype << " " << name);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
