@@ -1,5 +1,7 @@
 #pragma once
-// Element types of weights and their scalar conversions (shared by the engine and the kernels).
+// Element types of weight matrices and their scalar conversions (shared by the engine and the
+// kernels). Block-quantized types store `block_size` elements in `block_bytes` bytes, row by row;
+// a row never shares a block with the next.
 
 #include <cstdint>
 #include <cstring>
@@ -7,18 +9,66 @@
 
 namespace shoal {
 
-/// Element types of weight matrices as the kernels see them.
-enum class dtype : std::uint8_t { f32, f16, bf16 };
+enum class dtype : std::uint8_t {
+  f32,
+  f16,
+  bf16,
+  q8_0,  // GGUF: blocks of 32 = {f16 d; int8 q[32]}, x = d * q
+  q4_0,  // GGUF: blocks of 32 = {f16 d; uint8 q[16]}, x = d * (nibble - 8); low nibbles first
+  q4_k,  // GGUF: super-blocks of 256 (144 bytes), 8 sub-blocks with 6-bit scales and mins
+  q6_k,  // GGUF: super-blocks of 256 (210 bytes), 16 sub-blocks with int8 scales
+  i8,    // per-output-channel symmetric int8: x = scale[row] * q (scales in matrix::scales)
+  i4,    // group-wise symmetric int4, two per byte (low nibble first), x = scale[row, g] * (nibble - 8)
+};
 
 inline const char* to_string(dtype t) {
   switch (t) {
     case dtype::f32: return "F32";
     case dtype::f16: return "F16";
     case dtype::bf16: return "BF16";
+    case dtype::q8_0: return "Q8_0";
+    case dtype::q4_0: return "Q4_0";
+    case dtype::q4_k: return "Q4_K";
+    case dtype::q6_k: return "Q6_K";
+    case dtype::i8: return "I8";
+    case dtype::i4: return "I4";
   }
   return "?";
 }
-inline std::size_t dtype_size(dtype t) { return t == dtype::f32 ? 4 : 2; }
+
+/// Elements per storage block (1 for plain types; i4 packs 2 per byte).
+inline std::int64_t dtype_block_size(dtype t) {
+  switch (t) {
+    case dtype::q8_0: case dtype::q4_0: return 32;
+    case dtype::q4_k: case dtype::q6_k: return 256;
+    case dtype::i4: return 2;
+    default: return 1;
+  }
+}
+
+/// Bytes per storage block.
+inline std::int64_t dtype_block_bytes(dtype t) {
+  switch (t) {
+    case dtype::f32: return 4;
+    case dtype::f16: case dtype::bf16: return 2;
+    case dtype::q8_0: return 34;
+    case dtype::q4_0: return 18;
+    case dtype::q4_k: return 144;
+    case dtype::q6_k: return 210;
+    case dtype::i8: return 1;
+    case dtype::i4: return 1;
+  }
+  return 0;
+}
+
+/// Bytes taken by `n` consecutive elements (n a multiple of the block size).
+inline std::int64_t dtype_bytes(dtype t, std::int64_t n) { return n / dtype_block_size(t) * dtype_block_bytes(t); }
+
+/// Whether the matrix carries its scales outside the data (matrix::scales).
+inline bool dtype_has_external_scales(dtype t) { return t == dtype::i8 || t == dtype::i4; }
+
+// Kept for call sites that only deal with plain floating types.
+inline std::size_t dtype_size(dtype t) { return static_cast<std::size_t>(dtype_block_bytes(t)); }
 
 inline float bf16_to_f32(std::uint16_t h) {
   std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;

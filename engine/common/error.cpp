@@ -9,6 +9,9 @@ const char* to_string(errc code) {
     case errc::corrupt_file: return "corrupt_file";
     case errc::unsupported: return "unsupported";
     case errc::out_of_range: return "out_of_range";
+    case errc::unavailable: return "unavailable";
+    case errc::overloaded: return "overloaded";
+    case errc::cancelled: return "cancelled";
     case errc::internal: return "internal";
   }
   return "unknown";

@@ -14,6 +14,9 @@ enum class errc {
   corrupt_file,      // a file's bytes contradict its own format
   unsupported,       // valid input that this build does not implement (architecture, dtype, op)
   out_of_range,      // a length or index beyond a limit (context, vocab, file size)
+  unavailable,       // a peer, node or replica that should answer does not (down, timed out)
+  overloaded,        // a queue or capacity limit refused new work; retry later
+  cancelled,         // the caller withdrew the request
   internal,          // a bug: an invariant did not hold
 };
 

@@ -1,5 +1,6 @@
 #include "engine/model/gguf.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/common/error.hpp"
@@ -123,7 +124,24 @@ const char* to_string(ggml_type t) {
     case ggml_type::q5_k: return "Q5_K";
     case ggml_type::q6_k: return "Q6_K";
     case ggml_type::q8_k: return "Q8_K";
+    case ggml_type::iq2_xxs: return "IQ2_XXS";
+    case ggml_type::iq2_xs: return "IQ2_XS";
+    case ggml_type::iq3_xxs: return "IQ3_XXS";
+    case ggml_type::iq1_s: return "IQ1_S";
+    case ggml_type::iq4_nl: return "IQ4_NL";
+    case ggml_type::iq3_s: return "IQ3_S";
+    case ggml_type::iq2_s: return "IQ2_S";
+    case ggml_type::iq4_xs: return "IQ4_XS";
+    case ggml_type::i8: return "I8";
+    case ggml_type::i16: return "I16";
+    case ggml_type::i32: return "I32";
+    case ggml_type::i64: return "I64";
+    case ggml_type::f64: return "F64";
+    case ggml_type::iq1_m: return "IQ1_M";
     case ggml_type::bf16: return "BF16";
+    case ggml_type::tq1_0: return "TQ1_0";
+    case ggml_type::tq2_0: return "TQ2_0";
+    case ggml_type::mxfp4: return "MXFP4";
   }
   return "unknown";
 }
@@ -133,7 +151,9 @@ std::int64_t ggml_block_size(ggml_type t) {
     case ggml_type::f32: case ggml_type::f16: case ggml_type::bf16: return 1;
     case ggml_type::q4_0: case ggml_type::q4_1: case ggml_type::q5_0: case ggml_type::q5_1:
     case ggml_type::q8_0: case ggml_type::q8_1: return 32;
-    default: return 256;
+    case ggml_type::q2_k: case ggml_type::q3_k: case ggml_type::q4_k: case ggml_type::q5_k:
+    case ggml_type::q6_k: case ggml_type::q8_k: return 256;
+    default: return 0;
   }
 }
 
@@ -222,7 +242,8 @@ gguf_file::gguf_file(const std::string& path) : map_(path) {
       } else {
         t.nbytes = *nb;
       }
-      if (t.ne[0] % ggml_block_size(t.type) != 0) {
+      const std::int64_t block = ggml_block_size(t.type);
+      if (block > 0 && t.ne[0] % block != 0) {
         throw error(errc::corrupt_file, "tensor '" + t.name + "' of type " + to_string(t.type) +
                                             " has a row of " + std::to_string(t.ne[0]) +
                                             " elements, not a multiple of its block size");
@@ -245,6 +266,25 @@ gguf_file::gguf_file(const std::string& path) : map_(path) {
                         " bytes): truncated?");
       }
       t.data = map_.data() + data_start + t.offset;
+    }
+    // Tensors must not overlap: one whose blocks run into the next tensor's bytes has fewer bytes
+    // than its shape needs (a block count that does not match the shape).
+    std::vector<const gguf_tensor_info*> by_offset;
+    for (auto& t : tensors_) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+    for (std::size_t i = 0; i + 1 < by_offset.size(); ++i) {
+      const auto& a = *by_offset[i];
+      const auto& b = *by_offset[i + 1];
+      if (a.offset + a.nbytes > b.offset) {
+        const auto block = ggml_block_size(a.type);
+        std::int64_t count = 1;
+        for (auto d : a.ne) count *= d;
+        throw error(errc::corrupt_file,
+                    "tensor '" + a.name + "' of type " + to_string(a.type) + " needs " + std::to_string(a.nbytes) +
+                        " bytes (" + std::to_string(block > 0 ? count / block : count) +
+                        " blocks for its shape) but only " + std::to_string(b.offset - a.offset) +
+                        " lie before tensor '" + b.name + "'");
+      }
     }
   } catch (const error& e) {
     throw error(e.code(), path + ": " + e.what());

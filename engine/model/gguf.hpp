@@ -34,8 +34,12 @@ struct gguf_value {
 /// ggml tensor element types that appear in GGUF files (numbering from ggml.h).
 enum class ggml_type : std::uint32_t {
   f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8, q8_1 = 9,
-  q2_k = 10, q3_k = 11, q4_k = 12, q5_k = 13, q6_k = 14, q8_k = 15, bf16 = 30,
+  q2_k = 10, q3_k = 11, q4_k = 12, q5_k = 13, q6_k = 14, q8_k = 15,
+  iq2_xxs = 16, iq2_xs = 17, iq3_xxs = 18, iq1_s = 19, iq4_nl = 20, iq3_s = 21, iq2_s = 22,
+  iq4_xs = 23, i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_m = 29, bf16 = 30,
+  tq1_0 = 34, tq2_0 = 35, mxfp4 = 39,
 };
+/// ggml's name for the type ("Q8_0", "IQ4_XS", ...); "unknown" for ids ggml does not define.
 const char* to_string(ggml_type t);
 
 struct gguf_tensor_info {
@@ -77,7 +81,7 @@ class gguf_file {
 /// Bytes taken by `n` elements of `t` (n must be a multiple of the block size); nullopt when the type
 /// is not one this build knows.
 std::optional<std::uint64_t> ggml_nbytes(ggml_type t, std::int64_t n);
-/// Elements per block (1 for plain floats).
+/// Elements per block (1 for plain floats); 0 for types whose layout this build does not know.
 std::int64_t ggml_block_size(ggml_type t);
 
 }  // namespace shoal

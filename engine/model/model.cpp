@@ -4,6 +4,7 @@
 #include <cstring>
 #include <cmath>
 #include <filesystem>
+#include <deque>
 #include <functional>
 #include <map>
 #include <numbers>
@@ -15,6 +16,7 @@
 #include "engine/common/mapped_file.hpp"
 #include "engine/model/gguf.hpp"
 #include "engine/model/safetensors.hpp"
+#include "kernels/cpu/matmul_kernels.hpp"
 
 namespace fs = std::filesystem;
 
@@ -51,8 +53,45 @@ std::optional<dtype> kernel_dtype_from_ggml(ggml_type t) {
     case ggml_type::f32: return dtype::f32;
     case ggml_type::f16: return dtype::f16;
     case ggml_type::bf16: return dtype::bf16;
+    case ggml_type::q8_0: return dtype::q8_0;
+    case ggml_type::q4_0: return dtype::q4_0;
+    case ggml_type::q4_k: return dtype::q4_k;
+    case ggml_type::q6_k: return dtype::q6_k;
     default: return std::nullopt;
   }
+}
+
+constexpr const char* kSupportedGgufTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K";
+
+// Weight-only quantization of an HF-layout directory written by `shoal quantize` (README,
+// "Quantized formats"): config.json's quantization_config names the method.
+struct hf_quantization {
+  std::string method;          // "" (none), "shoal-int8", "shoal-int4"
+  std::int64_t group_size = 0; // shoal-int4: columns per scale
+};
+
+hf_quantization parse_quantization_config(const nlohmann::json& j, const std::string& file) {
+  hf_quantization q;
+  if (!j.contains("quantization_config") || j["quantization_config"].is_null()) return q;
+  const auto& qc = j["quantization_config"];
+  if (!qc.is_object() || !qc.contains("quant_method") || !qc["quant_method"].is_string()) {
+    throw error(errc::corrupt_file, file + ": quantization_config needs a string 'quant_method'");
+  }
+  q.method = qc["quant_method"].get<std::string>();
+  if (q.method == "shoal-int8") return q;
+  if (q.method == "shoal-int4") {
+    if (!qc.contains("group_size") || !qc["group_size"].is_number_integer()) {
+      throw error(errc::corrupt_file, file + ": quantization_config for shoal-int4 needs an integer 'group_size'");
+    }
+    q.group_size = qc["group_size"].get<std::int64_t>();
+    if (q.group_size <= 0 || q.group_size % 32 != 0) {
+      throw error(errc::corrupt_file, file + ": quantization_config group_size " + std::to_string(q.group_size) +
+                                          " must be a positive multiple of 32");
+    }
+    return q;
+  }
+  throw error(errc::unsupported, file + ": quantization_config quant_method '" + q.method +
+                                     "' is not supported (shoal-int8, shoal-int4; or GGUF Q8_0/Q4_0/Q4_K/Q6_K files)");
 }
 
 // Typed access to config.json values with messages that name the file and key.
@@ -149,6 +188,12 @@ std::vector<float> to_f32_vector(const tensor_ref& t) {
     throw error(errc::unsupported, t.file + ": tensor '" + t.name + "' has dtype " + t.dtype_name +
                                        ", which this build cannot read");
   }
+  if (dtype_block_size(*t.type) > 1) {
+    // A block-quantized vector (GGUF allows it; converters keep norms F32): one row.
+    kernels::matrix m{t.data, *t.type, 1, n, n};
+    kernels::cpu::dequantize_quantized_row(m, 0, out.data());
+    return out;
+  }
   // memcpy per element: a tensor in a safetensors file need not be aligned to its element size.
   const auto* p = static_cast<const std::uint8_t*>(t.data);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -157,6 +202,7 @@ std::vector<float> to_f32_vector(const tensor_ref& t) {
       case dtype::f32: std::memcpy(&out[i], p + 4 * i, 4); break;
       case dtype::f16: std::memcpy(&h, p + 2 * i, 2); out[i] = f16_to_f32(h); break;
       case dtype::bf16: std::memcpy(&h, p + 2 * i, 2); out[i] = bf16_to_f32(h); break;
+      default: break;  // block types returned above; i8/i4 never reach here (no dtype mapping)
     }
   }
   return out;
@@ -246,8 +292,9 @@ namespace {
 // Checks shapes and builds the weight views shared by both formats.
 class weight_binder {
  public:
-  weight_binder(std::map<std::string, tensor_ref>& tensors, std::string where)
-      : tensors_(tensors), where_(std::move(where)) {}
+  weight_binder(std::map<std::string, tensor_ref>& tensors, std::string where, bool gguf,
+                hf_quantization quant = {}, std::deque<std::vector<float>>* owned = nullptr)
+      : tensors_(tensors), where_(std::move(where)), gguf_(gguf), quant_(std::move(quant)), owned_(owned) {}
 
   const tensor_ref* find(const std::string& name) const {
     auto it = tensors_.find(name);
@@ -270,12 +317,66 @@ class weight_binder {
 
   weight matrix(const std::string& name, std::int64_t rows, std::int64_t cols) const {
     const auto& t = require(name);
+    if (!quant_.method.empty() && (t.dtype_name == "I8" || t.dtype_name == "U8")) {
+      return hf_quantized(t, rows, cols);
+    }
     check_shape(t, {rows, cols});
     if (!t.type) {
-      throw error(errc::unsupported, t.file + ": tensor '" + name + "' has dtype " + t.dtype_name +
-                                         ", which this build does not support (F32, F16, BF16)");
+      const bool gguf = gguf_;
+      throw error(errc::unsupported,
+                  t.file + ": tensor '" + name + "' has " + (gguf ? "type " : "dtype ") + t.dtype_name +
+                      ", which this build does not support (" +
+                      (gguf ? kSupportedGgufTypes
+                            : "F32, F16, BF16; I8/U8 with a shoal-int8/int4 quantization_config") +
+                      ")");
+    }
+    if (dtype_block_size(*t.type) > 1 && cols % dtype_block_size(*t.type) != 0) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + name + "' of type " + t.dtype_name + " has " +
+                                          std::to_string(cols) + " columns, not a whole number of " +
+                                          std::to_string(dtype_block_size(*t.type)) + "-element blocks");
+    }
+    const std::uint64_t want = static_cast<std::uint64_t>(rows * dtype_bytes(*t.type, cols));
+    if (t.nbytes != want) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + name + "' holds " + std::to_string(t.nbytes) +
+                                          " bytes but " + std::to_string(rows) + " rows of " + std::to_string(cols) +
+                                          " " + t.dtype_name + " elements need " + std::to_string(want));
     }
     return weight{name, kernels::matrix{t.data, *t.type, rows, cols, cols}};
+  }
+
+  // shoal-int8: `name` I8 [rows, cols] + `name`_scale F32 [rows]; shoal-int4: `name` U8
+  // [rows, cols / 2] (two 4-bit values per byte, low nibble first) + `name`_scale F32
+  // [rows, cols / group_size].
+  weight hf_quantized(const tensor_ref& t, std::int64_t rows, std::int64_t cols) const {
+    const bool int4 = quant_.method == "shoal-int4";
+    if (int4 != (t.dtype_name == "U8")) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + t.name + "' has dtype " + t.dtype_name + " but " +
+                                          quant_.method + " stores weights as " + (int4 ? "U8" : "I8"));
+    }
+    if (int4 && (cols % quant_.group_size != 0)) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + t.name + "' has " + std::to_string(cols) +
+                                          " columns, not a multiple of group_size " +
+                                          std::to_string(quant_.group_size));
+    }
+    check_shape(t, {rows, int4 ? cols / 2 : cols});
+    const std::string scale_name = t.name + "_scale";
+    const auto& s = require(scale_name);
+    const std::int64_t per_row = int4 ? cols / quant_.group_size : 1;
+    check_shape(s, int4 ? std::vector<std::int64_t>{rows, per_row} : std::vector<std::int64_t>{rows});
+    if (s.dtype_name != "F32") {
+      throw error(errc::corrupt_file, s.file + ": tensor '" + scale_name + "' has dtype " + s.dtype_name +
+                                          " (quantization scales are F32)");
+    }
+    const float* scales = static_cast<const float*>(s.data);
+    if (reinterpret_cast<std::uintptr_t>(s.data) % alignof(float) != 0) {
+      // safetensors does not align tensors; the kernels read scales as floats.
+      owned_->emplace_back(static_cast<std::size_t>(rows * per_row));
+      std::memcpy(owned_->back().data(), s.data, s.nbytes);
+      scales = owned_->back().data();
+    }
+    kernels::matrix m{t.data, int4 ? dtype::i4 : dtype::i8, rows, cols, cols, scales, per_row,
+                      int4 ? quant_.group_size : 0};
+    return weight{t.name, m};
   }
 
   std::vector<float> vector(const std::string& name, std::int64_t n) const {
@@ -292,6 +393,9 @@ class weight_binder {
  private:
   std::map<std::string, tensor_ref>& tensors_;
   std::string where_;
+  bool gguf_;
+  hf_quantization quant_;
+  std::deque<std::vector<float>>* owned_;
 };
 
 }  // namespace
@@ -345,6 +449,8 @@ void model::load_hf(const std::string& dir) {
   // trained that way. Either way the stored rows pair dims (i, i + d/2).
   cfg.rope_style = kernels::rope_style::neox;
   cfg.tied_embeddings = c.get_bool("tie_word_embeddings", false);
+  const hf_quantization quant = parse_quantization_config(j, config_path);
+  hf_quant_method_ = quant.method;
   if (j.contains("bos_token_id")) {
     auto ids = json_ids(j["bos_token_id"]);
     if (!ids.empty()) cfg.bos_id = ids[0];
@@ -407,7 +513,7 @@ void model::load_hf(const std::string& dir) {
   }
   for (auto& [name, t] : tensors) tensors_.push_back({name, t.dtype_name, t.shape});
 
-  weight_binder b(tensors, dir);
+  weight_binder b(tensors, dir, false, quant, &owned_scales_);
   const auto H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
   const auto QD = cfg.n_heads * cfg.head_dim, KD = cfg.n_kv_heads * cfg.head_dim;
   weights_.tok_embd = b.matrix("model.embed_tokens.weight", V, H);
@@ -494,11 +600,12 @@ void model::load_gguf(const std::string& file) {
   std::map<std::string, tensor_ref> tensors;
   for (auto& t : g.tensors()) {
     std::vector<std::int64_t> shape(t.ne.rbegin(), t.ne.rend());
-    tensors.emplace(t.name, tensor_ref{t.name, file, to_string(t.type), kernel_dtype_from_ggml(t.type),
-                                       shape, t.data, t.nbytes});
-    tensors_.push_back({t.name, to_string(t.type), shape});
+    std::string type_name = to_string(t.type);
+    if (type_name == "unknown") type_name = "unknown (ggml type " + std::to_string(static_cast<std::uint32_t>(t.type)) + ")";
+    tensors.emplace(t.name, tensor_ref{t.name, file, type_name, kernel_dtype_from_ggml(t.type), shape, t.data, t.nbytes});
+    tensors_.push_back({t.name, type_name, shape});
   }
-  weight_binder b(tensors, file);
+  weight_binder b(tensors, file, true);
   const auto* embd = b.find("token_embd.weight");
   if (!embd) throw error(errc::corrupt_file, file + ": tensor 'token_embd.weight' is missing");
   if (embd->shape.size() != 2) throw error(errc::corrupt_file, file + ": token_embd.weight is not a matrix");
@@ -562,8 +669,12 @@ void model::finish() {
   }
   parameter_count_ = 0;
   for (auto& t : tensors_) {
+    const bool scale = !hf_quant_method_.empty() && t.name.size() > 6 &&
+                       t.name.compare(t.name.size() - 6, 6, "_scale") == 0;
+    if (scale) continue;  // quantization metadata, not parameters
     std::int64_t n = 1;
     for (auto d : t.shape) n *= d;
+    if (hf_quant_method_ == "shoal-int4" && t.dtype == "U8") n *= 2;  // two 4-bit values per byte
     parameter_count_ += n;
   }
 }

@@ -3,6 +3,7 @@
 // stored dtype is one the kernels use), and its tokenizer. Llama and Qwen2 families, HF or GGUF.
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -129,6 +130,8 @@ class model {
   std::int64_t parameter_count_ = 0;
   std::vector<float> rope_inv_freq_;
   float rope_attn_factor_ = 1.0f;
+  std::string hf_quant_method_;                // config.json quantization_config.quant_method
+  std::deque<std::vector<float>> owned_scales_;  // int8/int4 scales copied where unaligned
 };
 
 /// Inverse frequencies for RoPE with `scaling` applied (Hugging Face's rope init functions).

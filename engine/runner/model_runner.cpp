@@ -95,9 +95,8 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
     const auto& L = layers_[li];
     const auto& LW = W.layers[li];
     be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-    be_.matmul(L.wq, xn_.data(), n, q_.data());
-    be_.matmul(L.wk, xn_.data(), n, k_.data());
-    be_.matmul(L.wv, xn_.data(), n, v_.data());
+    const kernels::matmul_job qkv[] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
+    be_.matmul_multi(qkv, xn_.data(), n);
     if (L.bq) {
       for (std::int64_t t = 0; t < n; ++t) {
         be_.add(q_.data() + t * qd, L.bq, qd);
@@ -139,8 +138,8 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
     be_.add(x_.data(), proj_.data(), n * H);
 
     be_.rmsnorm(x_.data(), LW.ffn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-    be_.matmul(L.w_gate, xn_.data(), n, gate_.data());
-    be_.matmul(L.w_up, xn_.data(), n, up_.data());
+    const kernels::matmul_job gate_up[] = {{L.w_gate, gate_.data()}, {L.w_up, up_.data()}};
+    be_.matmul_multi(gate_up, xn_.data(), n);
     be_.silu_mul(gate_.data(), up_.data(), n * ffn_);
     be_.matmul(L.w_down, gate_.data(), n, proj_.data());
     if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), proj_.size());

@@ -5,44 +5,70 @@
 #include <vector>
 
 #include "kernels/backend.hpp"
+#include "kernels/cpu/matmul_kernels.hpp"
+
+#include <stdexcept>
+#include <string>
 
 namespace shoal::kernels {
 
 matrix matrix::row_slice(std::int64_t begin, std::int64_t count) const {
   matrix m = *this;
-  m.data = static_cast<const std::uint8_t*>(data) + begin * row_stride * dtype_size(type);
+  m.data = row(begin);
   m.rows = count;
+  if (scales) m.scales = scales + begin * scale_stride;
   return m;
 }
 
 matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
+  const std::int64_t granule = type == dtype::i4 ? group_size : dtype_block_size(type);
+  if (begin % granule != 0 || count % granule != 0) {
+    throw std::invalid_argument(std::string("column window [") + std::to_string(begin) + ", " +
+                                std::to_string(begin + count) + ") of a " + to_string(type) +
+                                " matrix does not fall on its " + std::to_string(granule) +
+                                "-element blocks");
+  }
   matrix m = *this;
-  m.data = static_cast<const std::uint8_t*>(data) + begin * dtype_size(type);
+  m.data = static_cast<const std::uint8_t*>(data) + dtype_bytes(type, begin);
   m.cols = count;
+  if (type == dtype::i4) m.scales = scales + begin / group_size;
   return m;
 }
 
-namespace {
+std::int64_t matrix::bytes() const {
+  std::int64_t b = rows * dtype_bytes(type, cols);
+  if (type == dtype::i8) b += rows * 4;
+  if (type == dtype::i4) b += rows * (cols / group_size) * 4;
+  return b;
+}
 
-// Converts row r of w to F32 in `out` (w.cols floats).
-void load_row(const matrix& w, std::int64_t r, float* out) {
-  const auto* base = static_cast<const std::uint8_t*>(w.data) + r * w.row_stride * dtype_size(w.type);
+void dequantize_row(const matrix& w, std::int64_t r, float* out) {
+  const std::uint8_t* base = w.row(r);
   switch (w.type) {
     case dtype::f32:
       std::memcpy(out, base, w.cols * sizeof(float));
-      break;
-    case dtype::f16: {
-      const auto* p = reinterpret_cast<const std::uint16_t*>(base);
-      for (std::int64_t c = 0; c < w.cols; ++c) out[c] = f16_to_f32(p[c]);
-      break;
-    }
-    case dtype::bf16: {
-      const auto* p = reinterpret_cast<const std::uint16_t*>(base);
-      for (std::int64_t c = 0; c < w.cols; ++c) out[c] = bf16_to_f32(p[c]);
-      break;
-    }
+      return;
+    case dtype::f16:
+      for (std::int64_t c = 0; c < w.cols; ++c) {
+        std::uint16_t h;
+        std::memcpy(&h, base + 2 * c, 2);
+        out[c] = f16_to_f32(h);
+      }
+      return;
+    case dtype::bf16:
+      for (std::int64_t c = 0; c < w.cols; ++c) {
+        std::uint16_t h;
+        std::memcpy(&h, base + 2 * c, 2);
+        out[c] = bf16_to_f32(h);
+      }
+      return;
+    default:
+      cpu::dequantize_quantized_row(w, r, out);
+      return;
   }
 }
+
+namespace {
 
 class reference_backend final : public backend {
  public:
@@ -51,7 +77,7 @@ class reference_backend final : public backend {
   void matmul(const matrix& w, const float* x, std::int64_t n, float* y) override {
     std::vector<float> row(w.cols);
     for (std::int64_t r = 0; r < w.rows; ++r) {
-      load_row(w, r, row.data());
+      dequantize_row(w, r, row.data());
       for (std::int64_t t = 0; t < n; ++t) {
         const float* xt = x + t * w.cols;
         float acc = 0.0f;
@@ -62,7 +88,7 @@ class reference_backend final : public backend {
   }
 
   void embed(const matrix& table, std::span<const std::int32_t> ids, float* out) override {
-    for (std::size_t t = 0; t < ids.size(); ++t) load_row(table, ids[t], out + t * table.cols);
+    for (std::size_t t = 0; t < ids.size(); ++t) dequantize_row(table, ids[t], out + t * table.cols);
   }
 
   void rmsnorm(const float* x, const float* weight, float eps, std::int64_t n, std::int64_t dim,

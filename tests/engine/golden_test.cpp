@@ -20,8 +20,13 @@ struct run_output {
   std::map<std::int32_t, std::vector<float>> logits;  // by position
 };
 
-run_output run_greedy(const shoal::model& m, const std::vector<std::int32_t>& prompt_ids, int n) {
-  auto be = shoal::kernels::make_reference_backend();
+// Both backends: the plain reference and the fast one (best instruction level, 2 threads).
+std::unique_ptr<shoal::kernels::backend> make_backend(bool fast) {
+  return fast ? shoal::kernels::make_cpu_backend(2) : shoal::kernels::make_reference_backend();
+}
+
+run_output run_greedy(const shoal::model& m, const std::vector<std::int32_t>& prompt_ids, int n, bool fast) {
+  auto be = make_backend(fast);
   shoal::model_runner runner(m, *be, {}, nullptr, {});
   shoal::generation_options opts;
   opts.sampling.temperature = 0.0f;
@@ -35,19 +40,19 @@ run_output run_greedy(const shoal::model& m, const std::vector<std::int32_t>& pr
   return out;
 }
 
-void check_stories(const std::string& model_rel) {
+void check_stories(const std::string& model_rel, bool fast) {
   auto m = shoal::model::load(shared_path(model_rel));
   auto prompts = read_json(shared_path("golden/prompts.json"));
   int checked = 0;
   for (auto& p : prompts["prompts"]) {
     const std::string name = p["name"];
     auto g = read_json(shared_path("golden/" + name + ".json"));
-    BOOST_TEST_CONTEXT(model_rel << " prompt " << name) {
+    BOOST_TEST_CONTEXT(model_rel << (fast ? " fast" : " reference") << " prompt " << name) {
       auto ids = m->tok().encode(g["prompt"].get<std::string>());
       auto want_prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
       BOOST_TEST(ids == want_prompt, boost::test_tools::per_element());
       auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
-      auto out = run_greedy(*m, want_prompt, static_cast<int>(want_gen.size()));
+      auto out = run_greedy(*m, want_prompt, static_cast<int>(want_gen.size()), fast);
       BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
       BOOST_TEST(out.result.text == g["text"].get<std::string>());
       BOOST_TEST(out.result.generated_text == g["generated_text"].get<std::string>());
@@ -67,19 +72,19 @@ void check_stories(const std::string& model_rel) {
   BOOST_TEST(checked == 4);
 }
 
-void check_qwen2(const std::string& model_rel) {
+void check_qwen2(const std::string& model_rel, bool fast) {
   auto m = shoal::model::load(shared_path(model_rel));
   auto prompts = read_json(shared_path("golden/qwen2-tiny/prompts.json"));
   int checked = 0;
   for (auto& p : prompts) {
     const std::string name = p["name"];
     auto g = read_json(shared_path("golden/qwen2-tiny/" + name + ".json"));
-    BOOST_TEST_CONTEXT(model_rel << " prompt " << name) {
+    BOOST_TEST_CONTEXT(model_rel << (fast ? " fast" : " reference") << " prompt " << name) {
       auto ids = m->tok().encode(g["prompt"].get<std::string>());
       auto want_prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
       BOOST_TEST(ids == want_prompt, boost::test_tools::per_element());
       auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
-      auto out = run_greedy(*m, want_prompt, static_cast<int>(want_gen.size()));
+      auto out = run_greedy(*m, want_prompt, static_cast<int>(want_gen.size()), fast);
       BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
       const auto last = static_cast<std::int32_t>(want_prompt.size() - 1);
       auto full = g["last_prompt_logits"].get<std::vector<float>>();
@@ -106,21 +111,25 @@ void check_qwen2(const std::string& model_rel) {
 BOOST_AUTO_TEST_SUITE(golden)
 
 BOOST_AUTO_TEST_CASE(stories260k_hf, *boost::unit_test::precondition(needs_shared{"models/stories260K/hf"})) {
-  check_stories("models/stories260K/hf");
+  check_stories("models/stories260K/hf", false);
+  check_stories("models/stories260K/hf", true);
 }
 
 BOOST_AUTO_TEST_CASE(stories260k_gguf,
                      *boost::unit_test::precondition(needs_shared{"models/stories260K/gguf/stories260K-f32.gguf"})) {
-  check_stories("models/stories260K/gguf/stories260K-f32.gguf");
+  check_stories("models/stories260K/gguf/stories260K-f32.gguf", false);
+  check_stories("models/stories260K/gguf/stories260K-f32.gguf", true);
 }
 
 BOOST_AUTO_TEST_CASE(qwen2_tiny_hf, *boost::unit_test::precondition(needs_shared{"models/qwen2-tiny/hf"})) {
-  check_qwen2("models/qwen2-tiny/hf");
+  check_qwen2("models/qwen2-tiny/hf", false);
+  check_qwen2("models/qwen2-tiny/hf", true);
 }
 
 BOOST_AUTO_TEST_CASE(qwen2_tiny_gguf,
                      *boost::unit_test::precondition(needs_shared{"models/qwen2-tiny/gguf/qwen2-tiny.gguf"})) {
-  check_qwen2("models/qwen2-tiny/gguf/qwen2-tiny.gguf");
+  check_qwen2("models/qwen2-tiny/gguf/qwen2-tiny.gguf", false);
+  check_qwen2("models/qwen2-tiny/gguf/qwen2-tiny.gguf", true);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

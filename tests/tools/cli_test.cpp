@@ -187,7 +187,13 @@ BOOST_AUTO_TEST_CASE(bad_input_errors, *boost::unit_test::precondition(needs_sha
                  {"include"});
   expect_failure({"generate", "--model", shared_path(kStories), "--prompt", "x", "--temperature", "-1"}, {"temperature"});
   expect_failure({"generate", "--model", shared_path(kStories), "--prompt", "x", "--top-p", "nan"}, {"top_p"});
-  expect_failure({"generate", "--model", shared_path(kStories), "--prompt", "x", "--threads", "0"}, {"threads"});
+  // --threads 0 or more threads than cores: warn and clamp, still answer.
+  auto clamped = run_shoal({"generate", "--model", shared_path(kStories), "--prompt", "x", "--threads", "0", "--max-tokens", "2"});
+  BOOST_TEST(clamped.status == 0);
+  BOOST_TEST(clamped.err.find("--threads 0") != std::string::npos, clamped.err);
+  clamped = run_shoal({"generate", "--model", shared_path(kStories), "--prompt", "x", "--threads", "4096", "--max-tokens", "2"});
+  BOOST_TEST(clamped.status == 0);
+  BOOST_TEST(clamped.err.find("exceeds") != std::string::npos, clamped.err);
   d.write("bad.json", "[{\"role\": ");
   expect_failure({"generate", "--model", shared_path(kStories), "--chat-file", d / "bad.json"}, {"bad.json", "invalid JSON"});
   expect_failure({"generate"}, {"--model"});

@@ -1,6 +1,7 @@
 // shoal generate: local generation on this machine (no cluster).
 
 #include <iostream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -28,7 +29,7 @@ struct generate_args {
   float frequency_penalty = 0.0f;
   std::uint64_t seed = 0;
   bool seed_set = false;
-  int threads = 1;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   bool ignore_eos = false;
   bool json = false;
   bool dump_logits = false;
@@ -39,7 +40,7 @@ struct generate_args {
 };
 
 int run_generate(const generate_args& a) {
-  if (a.threads < 1) throw error(errc::invalid_argument, "--threads must be at least 1");
+  const int threads = resolve_threads(a.threads);
   if (a.max_tokens < 0) throw error(errc::invalid_argument, "--max-tokens must be >= 0");
   auto m = model::load(a.model);
   const tokenizer& tok = m->tok();
@@ -71,8 +72,13 @@ int run_generate(const generate_args& a) {
   if (a.seed_set) opts.sampling.seed = a.seed;
   if (auto msg = opts.sampling.validate(); !msg.empty()) throw error(errc::invalid_argument, msg);
 
-  auto be = kernels::make_reference_backend();
-  model_runner runner(*m, *be, shard_spec{}, nullptr, kv_cache_options{});
+  auto be = kernels::make_cpu_backend(threads);
+  // KV blocks for this request only, not the model's whole context.
+  const std::int64_t need = std::min<std::int64_t>(static_cast<std::int64_t>(ids.size()) + a.max_tokens,
+                                                   m->config().max_positions);
+  const std::int32_t block = 16;
+  model_runner runner(*m, *be, shard_spec{}, nullptr,
+                      kv_cache_options{block, static_cast<std::int32_t>((need + block - 1) / block)});
   nlohmann::json logits_json = nlohmann::json::array();
   logits_callback on_logits;
   if (a.dump_logits) {
@@ -122,7 +128,7 @@ runner_fn add_generate(CLI::App& app) {
   app.add_option("--presence-penalty", a->presence_penalty, "Subtract from logits of generated tokens");
   app.add_option("--frequency-penalty", a->frequency_penalty, "Subtract per occurrence in the output");
   auto* seed = app.add_option("--seed", a->seed, "RNG seed: same seed and parameters give the same text");
-  app.add_option("--threads", a->threads, "CPU threads (default 1)");
+  app.add_option("--threads", a->threads, "CPU threads (default: all cores)");
   app.add_option("--stop", a->stop, "Stop string (repeatable); the text ends before it");
   app.add_option("--stop-token-id", a->stop_ids, "Stop at this token id (repeatable)");
   app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-sequence tokens");

@@ -8,11 +8,15 @@
 #include <random>
 #include <set>
 #include <cstring>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/common/error.hpp"
+#include "engine/model/gguf_convert.hpp"
+#include "engine/model/gguf_writer.hpp"
 #include "engine/model/safetensors.hpp"
+#include "kernels/cpu/quantize.hpp"
 #include "kernels/dtype.hpp"
 #include "tools/cli/commands.hpp"
 
@@ -30,6 +34,8 @@ struct shape_spec {
 std::map<std::string, shape_spec> known_shapes() {
   return {
       {"tiny", {"LlamaForCausalLM", 64, 172, 5, 8, 4, 512, 512, 10000.0, 1e-5, false, true}},
+      // ~26M parameters: slow enough per token that tests can act while requests are in flight.
+      {"small", {"LlamaForCausalLM", 512, 1408, 8, 8, 4, 2048, 2048, 10000.0, 1e-5, false, true}},
       {"tinyllama-1.1b", {"LlamaForCausalLM", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0, 1e-5, false, false}},
       {"qwen2-0.5b", {"Qwen2ForCausalLM", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0, 1e-6, true, true}},
   };
@@ -122,17 +128,142 @@ struct make_model_args {
   bool force = false;
 };
 
+nlohmann::ordered_json make_tokenizer_config(const shape_spec& s) {
+  return {{"add_bos_token", true}, {"add_eos_token", false}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
+          {"unk_token", "<unk>"}, {"model_max_length", s.context}, {"tokenizer_class", "LlamaTokenizer"},
+          {"chat_template",
+           "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '\\n' }}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"}};
+}
+
+// The same model as the HF layout (shape, tokenizer, N(0, 0.02) weights, unit norms) as one GGUF
+// file: llama.cpp tensor names, the tokenizer converted to tokenizer.ggml.* metadata. Matrices are
+// `dtype`; with q8_0/q4_0 one whose columns are not a multiple of 32 (tiny's 172-wide ffn_down) is
+// F16, llama.cpp's last-resort fallback.
+int write_gguf_model(const make_model_args& a, const shape_spec& s) {
+  namespace fs = std::filesystem;
+  dtype target;
+  std::uint32_t file_type;
+  if (a.dtype == "f32") target = dtype::f32, file_type = 0;
+  else if (a.dtype == "f16") target = dtype::f16, file_type = 1;
+  else if (a.dtype == "bf16") target = dtype::bf16, file_type = 32;
+  else if (a.dtype == "q8_0") target = dtype::q8_0, file_type = 7;
+  else if (a.dtype == "q4_0") target = dtype::q4_0, file_type = 2;
+  else throw error(errc::invalid_argument, "unknown --dtype '" + a.dtype + "' (f32, f16, bf16, q8_0, q4_0)");
+  if (fs::exists(a.out) && !a.force) throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
+  if (fs::is_directory(a.out)) throw error(errc::invalid_argument, a.out + ": is a directory; --format gguf writes one file");
+
+  const std::int64_t hd = s.hidden / s.heads;
+  model_config cfg;
+  cfg.architecture = s.architecture;
+  cfg.family = s.architecture == "Qwen2ForCausalLM" ? model_family::qwen2 : model_family::llama;
+  cfg.hidden_size = s.hidden;
+  cfg.intermediate_size = s.intermediate;
+  cfg.n_layers = s.layers;
+  cfg.n_heads = s.heads;
+  cfg.n_kv_heads = s.kv_heads;
+  cfg.head_dim = hd;
+  cfg.vocab_size = s.vocab;
+  cfg.max_positions = s.context;
+  cfg.rms_norm_eps = static_cast<float>(s.eps);
+  cfg.rope_theta = static_cast<float>(s.rope_theta);
+  cfg.rope_dim = hd;
+  gguf_writer w;
+  add_gguf_arch_metadata(w, cfg, "shoal-random-" + a.shape, file_type);
+  w.set_bool("shoal.random_weights", true);
+  w.set_u32("shoal.seed", static_cast<std::uint32_t>(a.seed));
+  {
+    // The tokenizer goes through the HF loader (for BOS/EOS/add_bos/template) from a scratch dir.
+    const fs::path tmp = fs::temp_directory_path() / ("shoal-make-model-" + std::to_string(::getpid()));
+    fs::create_directories(tmp);
+    const auto tj = make_tokenizer_json(s.vocab, a.seed);
+    write_json((tmp / "tokenizer.json").string(), tj);
+    write_json((tmp / "tokenizer_config.json").string(), make_tokenizer_config(s));
+    std::unique_ptr<tokenizer> tok;
+    try {
+      tok = tokenizer::from_hf_dir(tmp.string());
+    } catch (...) {
+      fs::remove_all(tmp);
+      throw;
+    }
+    fs::remove_all(tmp);
+    add_gguf_tokenizer_metadata(w, nlohmann::json::parse(tj.dump()), *tok, 1, {2});
+  }
+
+  struct spec {
+    std::int64_t rows, cols;
+    dtype type;
+    bool norm;
+  };
+  std::vector<spec> specs;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, bool norm) {
+    const std::int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = shape.back();
+    dtype t = shape.size() == 1 ? dtype::f32 : target;
+    if (dtype_block_size(t) > 1 && cols % dtype_block_size(t) != 0) t = dtype::f16;
+    w.add_tensor(name, t == dtype::f32 ? ggml_type::f32 : t == dtype::f16 ? ggml_type::f16 : t == dtype::bf16 ? ggml_type::bf16
+                       : t == dtype::q8_0 ? ggml_type::q8_0 : ggml_type::q4_0, std::move(shape));
+    specs.push_back({rows, cols, t, norm});
+  };
+  add("token_embd.weight", {s.vocab, s.hidden}, false);
+  add("output_norm.weight", {s.hidden}, true);
+  if (!s.tied) add("output.weight", {s.vocab, s.hidden}, false);
+  for (std::int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", {s.hidden}, true);
+    add(p + "attn_q.weight", {s.heads * hd, s.hidden}, false);
+    add(p + "attn_k.weight", {s.kv_heads * hd, s.hidden}, false);
+    add(p + "attn_v.weight", {s.kv_heads * hd, s.hidden}, false);
+    if (s.qkv_bias) {
+      add(p + "attn_q.bias", {s.heads * hd}, false);
+      add(p + "attn_k.bias", {s.kv_heads * hd}, false);
+      add(p + "attn_v.bias", {s.kv_heads * hd}, false);
+    }
+    add(p + "attn_output.weight", {s.hidden, s.heads * hd}, false);
+    add(p + "ffn_norm.weight", {s.hidden}, true);
+    add(p + "ffn_gate.weight", {s.intermediate, s.hidden}, false);
+    add(p + "ffn_up.weight", {s.intermediate, s.hidden}, false);
+    add(p + "ffn_down.weight", {s.hidden, s.intermediate}, false);
+  }
+  std::mt19937_64 rng(a.seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  w.write(a.out, [&](std::size_t i, std::vector<std::uint8_t>& out) {
+    const auto& sp = specs[i];
+    const std::int64_t rb = dtype_bytes(sp.type, sp.cols);
+    out.resize(static_cast<std::size_t>(sp.rows * rb));
+    std::vector<float> row(static_cast<std::size_t>(sp.cols));
+    for (std::int64_t r = 0; r < sp.rows; ++r) {
+      for (auto& v : row) v = sp.norm ? 1.0f : normal(rng);
+      std::uint8_t* dst = out.data() + r * rb;
+      switch (sp.type) {
+        case dtype::f32: std::memcpy(dst, row.data(), row.size() * 4); break;
+        case dtype::f16: case dtype::bf16:
+          for (std::int64_t c = 0; c < sp.cols; ++c) {
+            const std::uint16_t h = sp.type == dtype::f16 ? f32_to_f16(row[c]) : f32_to_bf16(row[c]);
+            std::memcpy(dst + 2 * c, &h, 2);
+          }
+          break;
+        case dtype::q8_0: kernels::cpu::quantize_row_q8_0(row.data(), sp.cols, dst); break;
+        default: kernels::cpu::quantize_row_q4_0(row.data(), sp.cols, dst); break;
+      }
+    }
+  });
+  std::cout << "wrote " << a.out << "\n";
+  return 0;
+}
+
 int run_make_model(const make_model_args& a) {
   auto shapes = known_shapes();
   auto it = shapes.find(a.shape);
-  if (it == shapes.end()) throw error(errc::invalid_argument, "unknown --shape '" + a.shape + "' (tiny, tinyllama-1.1b, qwen2-0.5b)");
+  if (it == shapes.end()) throw error(errc::invalid_argument, "unknown --shape '" + a.shape + "' (tiny, small, tinyllama-1.1b, qwen2-0.5b)");
   const auto& s = it->second;
+  if (a.format == "gguf") return write_gguf_model(a, s);
+  if (a.format != "hf") throw error(errc::invalid_argument, "unknown --format '" + a.format + "' (hf, gguf)");
   std::string st_dtype;
   if (a.dtype == "f32") st_dtype = "F32";
   else if (a.dtype == "f16") st_dtype = "F16";
   else if (a.dtype == "bf16") st_dtype = "BF16";
-  else throw error(errc::invalid_argument, "unknown --dtype '" + a.dtype + "' (f32, f16, bf16)");
-  if (a.format != "hf") throw error(errc::unsupported, "--format " + a.format + " is not supported yet (hf is)");
+  else if (a.dtype == "q8_0" || a.dtype == "q4_0") throw error(errc::invalid_argument, "--dtype " + a.dtype + " needs --format gguf (HF layouts hold f32, f16, bf16; see shoal quantize for int8/int4)");
+  else throw error(errc::invalid_argument, "unknown --dtype '" + a.dtype + "' (f32, f16, bf16; q8_0, q4_0 with --format gguf)");
   namespace fs = std::filesystem;
   if (fs::exists(a.out)) {
     if (!a.force) throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
@@ -154,12 +285,7 @@ int run_make_model(const make_model_args& a) {
   write_json(a.out + "/config.json", cfg);
   write_json(a.out + "/generation_config.json", {{"bos_token_id", 1}, {"eos_token_id", 2}});
   write_json(a.out + "/tokenizer.json", make_tokenizer_json(s.vocab, a.seed));
-  write_json(a.out + "/tokenizer_config.json",
-             {{"add_bos_token", true}, {"add_eos_token", false}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
-              {"unk_token", "<unk>"}, {"model_max_length", s.context}, {"tokenizer_class", "LlamaTokenizer"},
-              {"chat_template",
-               "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '\\n' }}"
-               "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"}});
+  write_json(a.out + "/tokenizer_config.json", make_tokenizer_config(s));
 
   safetensors_writer w;
   struct spec {
@@ -220,10 +346,10 @@ int run_make_model(const make_model_args& a) {
 
 runner_fn add_make_model(CLI::App& app) {
   auto a = std::make_shared<make_model_args>();
-  app.add_option("--shape", a->shape, "tiny | tinyllama-1.1b | qwen2-0.5b (default tiny)");
-  app.add_option("--dtype", a->dtype, "f32 | f16 | bf16 (default f32)");
-  app.add_option("--out", a->out, "Output directory")->required();
-  app.add_option("--format", a->format, "hf (default)");
+  app.add_option("--shape", a->shape, "tiny | small | tinyllama-1.1b | qwen2-0.5b (default tiny)");
+  app.add_option("--dtype", a->dtype, "f32 | f16 | bf16 | q8_0 | q4_0 (q8_0/q4_0 with --format gguf; default f32)");
+  app.add_option("--out", a->out, "Output directory (hf) or .gguf file (gguf)")->required();
+  app.add_option("--format", a->format, "hf (default) | gguf");
   app.add_option("--seed", a->seed, "RNG seed (default 1234)");
   app.add_flag("--force", a->force, "Overwrite an existing --out");
   return [a] { return run_make_model(*a); };

@@ -19,10 +19,19 @@ runner_fn add_tokenize(CLI::App& app);
 runner_fn add_chat_template(CLI::App& app);
 runner_fn add_inspect(CLI::App& app);
 runner_fn add_make_model(CLI::App& app);
+runner_fn add_quantize(CLI::App& app);
+runner_fn add_bench(CLI::App& app);
+runner_fn add_perplexity(CLI::App& app);
+runner_fn add_node(CLI::App& app);
+runner_fn add_up(CLI::App& app);
+runner_fn add_client(CLI::App& app);
 
 /// The tokenizer of a model path (HF dir or .gguf) or a tokenizer-only directory, without mapping
 /// weights.
 std::unique_ptr<tokenizer> load_tokenizer(const std::string& model_path, const std::string& tokenizer_dir);
+
+/// --threads as given, clamped to [1, cores] with a warning on stderr when it had to be.
+int resolve_threads(int requested);
 
 /// Reads a chat file: a JSON array of messages or an object with "messages" (and optional "tools",
 /// "add_generation_prompt"). Throws shoal::error naming the file.

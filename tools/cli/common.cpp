@@ -1,4 +1,6 @@
 #include <filesystem>
+#include <iostream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +19,19 @@ std::unique_ptr<tokenizer> load_tokenizer(const std::string& model_path, const s
   if (std::filesystem::is_directory(model_path, ec)) return tokenizer::from_hf_dir(model_path);
   gguf_file g(model_path);
   return tokenizer::from_gguf(g);
+}
+
+int resolve_threads(int requested) {
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (requested < 1) {
+    std::cerr << "shoal: warning: --threads " << requested << " is not a thread count; using 1\n";
+    return 1;
+  }
+  if (requested > cores) {
+    std::cerr << "shoal: warning: --threads " << requested << " exceeds the " << cores << " cores here; using " << cores << "\n";
+    return cores;
+  }
+  return requested;
 }
 
 chat_file read_chat_file(const std::string& path) {

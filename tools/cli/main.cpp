@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   add("chat-template", "Render a chat with the model's chat template", shoal::cli::add_chat_template);
   add("inspect", "Describe a model: architecture, shapes, dtypes, parameters, tokenizer", shoal::cli::add_inspect);
   add("make-model", "Write a model with seeded random weights (for tests and benchmarks)", shoal::cli::add_make_model);
+  add("quantize", "Write a quantized copy of a model (int8/int4 HF layout, Q8_0/Q4_0 GGUF)", shoal::cli::add_quantize);
+  add("bench", "Measure prefill and decode speed and the memory bandwidth they reach", shoal::cli::add_bench);
+  add("perplexity", "Perplexity of a model on a text file", shoal::cli::add_perplexity);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

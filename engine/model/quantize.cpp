@@ -1,0 +1,420 @@
+// Weight quantization of a whole model into a new file (see quantize.hpp). Reads the source through
+// model::load (memory-mapped, so a model is streamed, never copied whole), converts one matrix row
+// at a time.
+
+#include "engine/model/quantize.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/common/error.hpp"
+#include "engine/common/mapped_file.hpp"
+#include "engine/model/gguf.hpp"
+#include "engine/model/gguf_convert.hpp"
+#include "engine/model/gguf_writer.hpp"
+#include "engine/model/model.hpp"
+#include "engine/model/safetensors.hpp"
+#include "kernels/cpu/quantize.hpp"
+
+namespace fs = std::filesystem;
+
+namespace shoal {
+
+namespace {
+
+// One quantize run: the caller's options plus the report it fills.
+struct job {
+  std::string model;
+  std::string out;
+  quantize_options opts;
+  quantize_report* report;
+};
+
+// Converts row r of `src` into `target`'s bytes at `out` (dtype_bytes(target, cols) of them).
+void convert_row(const kernels::matrix& src, std::int64_t r, dtype target, std::vector<float>& tmp,
+                 std::uint8_t* out) {
+  const std::int64_t cols = src.cols;
+  if (src.type == target && !dtype_has_external_scales(target)) {
+    std::memcpy(out, src.row(r), static_cast<std::size_t>(dtype_bytes(target, cols)));
+    return;
+  }
+  tmp.resize(static_cast<std::size_t>(cols));
+  kernels::dequantize_row(src, r, tmp.data());
+  switch (target) {
+    case dtype::f32:
+      std::memcpy(out, tmp.data(), static_cast<std::size_t>(cols) * 4);
+      break;
+    case dtype::f16:
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const std::uint16_t h = f32_to_f16(tmp[c]);
+        std::memcpy(out + 2 * c, &h, 2);
+      }
+      break;
+    case dtype::bf16:
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const std::uint16_t h = f32_to_bf16(tmp[c]);
+        std::memcpy(out + 2 * c, &h, 2);
+      }
+      break;
+    case dtype::q8_0:
+      kernels::cpu::quantize_row_q8_0(tmp.data(), cols, out);
+      break;
+    case dtype::q4_0:
+      kernels::cpu::quantize_row_q4_0(tmp.data(), cols, out);
+      break;
+    default:
+      throw error(errc::internal,
+                  std::string("quantize: cannot write ") + to_string(target) + " rows");
+  }
+}
+
+// The type a matrix is stored as when it cannot take the target: its own if that is a plain float
+// (or, for GGUF, any ggml type), else F32.
+dtype fallback_type(const kernels::matrix& m, bool gguf) {
+  switch (m.type) {
+    case dtype::f32:
+    case dtype::f16:
+    case dtype::bf16:
+      return m.type;
+    case dtype::q8_0:
+    case dtype::q4_0:
+    case dtype::q4_k:
+    case dtype::q6_k:
+      return gguf ? m.type : dtype::f32;
+    default:
+      return dtype::f32;
+  }
+}
+
+const char* safetensors_name(dtype t) {
+  switch (t) {
+    case dtype::f32:
+      return "F32";
+    case dtype::f16:
+      return "F16";
+    case dtype::bf16:
+      return "BF16";
+    default:
+      throw error(errc::internal, "no safetensors dtype for " + std::string(to_string(t)));
+  }
+}
+
+ggml_type ggml_of(dtype t) {
+  switch (t) {
+    case dtype::f32:
+      return ggml_type::f32;
+    case dtype::f16:
+      return ggml_type::f16;
+    case dtype::bf16:
+      return ggml_type::bf16;
+    case dtype::q8_0:
+      return ggml_type::q8_0;
+    case dtype::q4_0:
+      return ggml_type::q4_0;
+    case dtype::q4_k:
+      return ggml_type::q4_k;
+    case dtype::q6_k:
+      return ggml_type::q6_k;
+    default:
+      throw error(errc::internal, "no ggml type for " + std::string(to_string(t)));
+  }
+}
+
+void prepare_out(const job& a, bool directory) {
+  std::error_code ec;
+  if (fs::exists(a.out, ec)) {
+    if (!a.opts.force)
+      throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
+    if (fs::equivalent(a.out, a.model, ec)) {
+      throw error(errc::invalid_argument,
+                  a.out + ": is the source model itself; choose another --out");
+    }
+    if (directory) fs::remove_all(a.out);
+  }
+  if (directory) fs::create_directories(a.out);
+}
+
+// ---- HF int8 / int4 -----------------------------------------------------------------------------
+
+struct st_entry {
+  std::string name;
+  std::string dtype;
+  std::vector<std::int64_t> shape;
+  std::function<void(std::vector<std::uint8_t>&)> fill;
+};
+
+void write_hf(const job& a, const model& m) {
+  if (m.config().format != "hf") {
+    throw error(
+        errc::unsupported,
+        a.model + ": --type " + a.opts.type +
+            " writes a Hugging Face directory; give a Hugging Face source (this is a GGUF file)");
+  }
+  const bool int4 = a.opts.type == "int4";
+  const std::int64_t G = a.opts.group_size;
+  std::vector<st_entry> entries;
+
+  auto add_vector = [&](const std::string& name, const std::vector<float>& v) {
+    if (v.empty()) return;
+    entries.push_back(
+        {name, "F32", {static_cast<std::int64_t>(v.size())}, [&v](std::vector<std::uint8_t>& out) {
+           out.resize(v.size() * 4);
+           std::memcpy(out.data(), v.data(), out.size());
+         }});
+  };
+  auto add_kept = [&](const std::string& name, const kernels::matrix& w) {
+    const dtype t = fallback_type(w, false);
+    entries.push_back(
+        {name, safetensors_name(t), {w.rows, w.cols}, [w, t](std::vector<std::uint8_t>& out) {
+           const std::int64_t rb = dtype_bytes(t, w.cols);
+           out.resize(static_cast<std::size_t>(w.rows * rb));
+           std::vector<float> tmp;
+           for (std::int64_t r = 0; r < w.rows; ++r) convert_row(w, r, t, tmp, out.data() + r * rb);
+         }});
+  };
+  auto add_matrix = [&](const std::string& name, const kernels::matrix& w) {
+    if (int4 && w.cols % G != 0) {
+      ++a.report->kept;
+      a.report->notes.push_back(name + " has " + std::to_string(w.cols) +
+                                " columns, not a multiple of group size " + std::to_string(G) +
+                                ": kept as " + to_string(fallback_type(w, false)));
+      add_kept(name, w);
+      return;
+    }
+    ++a.report->quantized;
+    // Scales first (a pre-pass over the rows) so every F32 tensor precedes the 1-byte ones and
+    // stays 4-byte aligned in the file.
+    const std::int64_t per_row = int4 ? w.cols / G : 1;
+    entries.push_back(
+        {name + "_scale", "F32",
+         int4 ? std::vector<std::int64_t>{w.rows, per_row} : std::vector<std::int64_t>{w.rows},
+         [w, int4, G, per_row](std::vector<std::uint8_t>& out) {
+           out.resize(static_cast<std::size_t>(w.rows * per_row * 4));
+           std::vector<float> row(w.cols), scales(per_row);
+           std::vector<std::uint8_t> q(static_cast<std::size_t>(w.cols));
+           for (std::int64_t r = 0; r < w.rows; ++r) {
+             kernels::dequantize_row(w, r, row.data());
+             if (int4) {
+               kernels::cpu::quantize_row_i4(row.data(), w.cols, G, q.data(), scales.data());
+             } else {
+               scales[0] = kernels::cpu::quantize_row_i8(row.data(), w.cols,
+                                                         reinterpret_cast<std::int8_t*>(q.data()));
+             }
+             std::memcpy(out.data() + r * per_row * 4, scales.data(),
+                         static_cast<std::size_t>(per_row) * 4);
+           }
+         }});
+    entries.push_back({name,
+                       int4 ? "U8" : "I8",
+                       {w.rows, int4 ? w.cols / 2 : w.cols},
+                       [w, int4, G](std::vector<std::uint8_t>& out) {
+                         const std::int64_t rb = int4 ? w.cols / 2 : w.cols;
+                         out.resize(static_cast<std::size_t>(w.rows * rb));
+                         std::vector<float> row(w.cols), scales(int4 ? w.cols / G : 1);
+                         for (std::int64_t r = 0; r < w.rows; ++r) {
+                           kernels::dequantize_row(w, r, row.data());
+                           std::uint8_t* dst = out.data() + r * rb;
+                           if (int4)
+                             kernels::cpu::quantize_row_i4(row.data(), w.cols, G, dst,
+                                                           scales.data());
+                           else
+                             kernels::cpu::quantize_row_i8(row.data(), w.cols,
+                                                           reinterpret_cast<std::int8_t*>(dst));
+                         }
+                       }});
+  };
+
+  const auto& W = m.weights();
+  add_kept("model.embed_tokens.weight", W.tok_embd.m);  // lookups read one row: kept as stored
+  add_vector("model.norm.weight", W.out_norm);
+  if (W.lm_head.m.data != W.tok_embd.m.data) add_matrix("lm_head.weight", W.lm_head.m);
+  for (std::size_t i = 0; i < W.layers.size(); ++i) {
+    const auto& L = W.layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add_vector(p + "input_layernorm.weight", L.attn_norm);
+    add_matrix(p + "self_attn.q_proj.weight", L.wq.m);
+    add_matrix(p + "self_attn.k_proj.weight", L.wk.m);
+    add_matrix(p + "self_attn.v_proj.weight", L.wv.m);
+    add_matrix(p + "self_attn.o_proj.weight", L.wo.m);
+    add_vector(p + "self_attn.q_proj.bias", L.bq);
+    add_vector(p + "self_attn.k_proj.bias", L.bk);
+    add_vector(p + "self_attn.v_proj.bias", L.bv);
+    add_vector(p + "post_attention_layernorm.weight", L.ffn_norm);
+    add_matrix(p + "mlp.gate_proj.weight", L.w_gate.m);
+    add_matrix(p + "mlp.up_proj.weight", L.w_up.m);
+    add_matrix(p + "mlp.down_proj.weight", L.w_down.m);
+  }
+  // F32 first, then 2-byte, then 1-byte tensors: each stays aligned to its element size.
+  auto rank = [](const std::string& d) {
+    return d == "F32" ? 0 : (d == "F16" || d == "BF16") ? 1 : 2;
+  };
+  std::stable_sort(entries.begin(), entries.end(), [&](const st_entry& x, const st_entry& y) {
+    return rank(x.dtype) < rank(y.dtype);
+  });
+
+  prepare_out(a, true);
+  // Everything but the weights and config.json comes along unchanged (tokenizer, generation
+  // config).
+  for (const auto& e : fs::directory_iterator(a.model)) {
+    const std::string fn = e.path().filename().string();
+    if (!e.is_regular_file() || e.path().extension() == ".safetensors" ||
+        fn == "model.safetensors.index.json" || fn == "config.json") {
+      continue;
+    }
+    const fs::path dst = fs::path(a.out) / fn;
+    fs::copy_file(e.path(), dst, fs::copy_options::overwrite_existing);
+    // Sources may be read-only (a shared model store); the copy belongs to the caller.
+    fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                             fs::perms::others_read);
+  }
+  nlohmann::ordered_json cfg =
+      nlohmann::ordered_json::parse(read_text_file(a.model + "/config.json"));
+  nlohmann::ordered_json qc = {{"quant_method", int4 ? "shoal-int4" : "shoal-int8"},
+                               {"bits", int4 ? 4 : 8}};
+  if (int4) qc["group_size"] = G;
+  qc["symmetric"] = true;
+  qc["weight_scale_suffix"] = "_scale";
+  cfg["quantization_config"] = qc;
+  {
+    std::ofstream out(a.out + "/config.json");
+    out << cfg.dump(2) << "\n";
+    if (!out) throw error(errc::invalid_argument, a.out + "/config.json: write failed");
+  }
+  safetensors_writer w;
+  for (auto& e : entries) w.add(e.name, e.dtype, e.shape);
+  w.set_metadata("format", "pt");
+  w.set_metadata("shoal_quantization", int4 ? "shoal-int4" : "shoal-int8");
+  w.write(a.out + "/model.safetensors",
+          [&](std::size_t i, std::vector<std::uint8_t>& out) { entries[i].fill(out); });
+}
+
+// ---- GGUF Q8_0 / Q4_0 ---------------------------------------------------------------------------
+
+void write_gguf(const job& a, const model& m) {
+  const dtype target = a.opts.type == "q8_0" ? dtype::q8_0 : dtype::q4_0;
+  const auto& c = m.config();
+  const auto& W = m.weights();
+  gguf_writer w;
+  const std::uint32_t file_type = target == dtype::q8_0 ? 7 : 2;  // LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
+  if (c.format == "gguf") {
+    const gguf_file src(a.model);
+    for (const auto& [k, v] : src.metadata()) w.set(k, v);
+    w.set_u32("general.file_type", file_type);
+    w.set_u32("general.quantization_version", 2);
+  } else {
+    add_gguf_arch_metadata(w, c, fs::path(a.model).filename().string(), file_type);
+    nlohmann::json tj = nlohmann::json::parse(read_text_file(a.model + "/tokenizer.json"));
+    add_gguf_tokenizer_metadata(w, tj, m.tok(), c.bos_id, c.eos_ids);
+  }
+  // HF Llama rows are permuted for rotate-half RoPE; GGUF `llama` keeps interleaved pairs.
+  const bool permute = gguf_architecture(c) == "llama" && c.rope_style == kernels::rope_style::neox;
+
+  struct entry {
+    std::function<void(std::vector<std::uint8_t>&)> fill;
+  };
+  std::vector<entry> fills;
+  auto add_vector = [&](const std::string& name, std::vector<float> v) {
+    if (v.empty()) return;
+    w.add_tensor(name, ggml_type::f32, {static_cast<std::int64_t>(v.size())});
+    fills.push_back({[v = std::move(v)](std::vector<std::uint8_t>& out) {
+      out.resize(v.size() * 4);
+      std::memcpy(out.data(), v.data(), out.size());
+    }});
+  };
+  auto add_matrix = [&](const std::string& name, const kernels::matrix& src,
+                        std::vector<std::int64_t> rows) {
+    dtype t = target;
+    if (src.cols % dtype_block_size(target) != 0) {
+      t = fallback_type(src, true);
+      ++a.report->kept;
+      // llama.cpp's llama-quantize has no fallback for Q8_0/Q4_0 and refuses such a tensor.
+      a.report->notes.push_back(
+          name + " has " + std::to_string(src.cols) + " columns, not a multiple of " +
+          std::to_string(dtype_block_size(target)) + ": kept as " + to_string(t));
+    } else {
+      ++a.report->quantized;
+    }
+    w.add_tensor(name, ggml_of(t), {src.rows, src.cols});
+    fills.push_back({[src, t, rows = std::move(rows)](std::vector<std::uint8_t>& out) {
+      const std::int64_t rb = dtype_bytes(t, src.cols);
+      out.resize(static_cast<std::size_t>(src.rows * rb));
+      std::vector<float> tmp;
+      for (std::int64_t r = 0; r < src.rows; ++r) {
+        convert_row(src, rows.empty() ? r : rows[r], t, tmp, out.data() + r * rb);
+      }
+    }});
+  };
+  auto permuted_vector = [](const std::vector<float>& v, const std::vector<std::int64_t>& rows) {
+    if (v.empty() || rows.empty()) return v;
+    std::vector<float> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = v[rows[i]];
+    return out;
+  };
+  const auto q_rows =
+      permute ? hf_to_gguf_rope_rows(c.n_heads, c.head_dim) : std::vector<std::int64_t>{};
+  const auto k_rows =
+      permute ? hf_to_gguf_rope_rows(c.n_kv_heads, c.head_dim) : std::vector<std::int64_t>{};
+
+  add_matrix("token_embd.weight", W.tok_embd.m, {});
+  add_vector("output_norm.weight", W.out_norm);
+  if (W.lm_head.m.data != W.tok_embd.m.data) add_matrix("output.weight", W.lm_head.m, {});
+  auto freq = W.rope_freq_factors.empty() ? gguf_rope_freq_factors(c) : W.rope_freq_factors;
+  add_vector("rope_freqs.weight", freq);
+  for (std::size_t i = 0; i < W.layers.size(); ++i) {
+    const auto& L = W.layers[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    add_vector(p + "attn_norm.weight", L.attn_norm);
+    add_matrix(p + "attn_q.weight", L.wq.m, q_rows);
+    add_matrix(p + "attn_k.weight", L.wk.m, k_rows);
+    add_matrix(p + "attn_v.weight", L.wv.m, {});
+    add_vector(p + "attn_q.bias", permuted_vector(L.bq, q_rows));
+    add_vector(p + "attn_k.bias", permuted_vector(L.bk, k_rows));
+    add_vector(p + "attn_v.bias", L.bv);
+    add_matrix(p + "attn_output.weight", L.wo.m, {});
+    add_vector(p + "ffn_norm.weight", L.ffn_norm);
+    add_matrix(p + "ffn_gate.weight", L.w_gate.m, {});
+    add_matrix(p + "ffn_up.weight", L.w_up.m, {});
+    add_matrix(p + "ffn_down.weight", L.w_down.m, {});
+  }
+  prepare_out(a, false);
+  w.write(a.out, [&](std::size_t i, std::vector<std::uint8_t>& out) { fills[i].fill(out); });
+}
+
+}  // namespace
+
+quantize_report quantize_model(const std::string& model_path, const std::string& out,
+                               const quantize_options& opts) {
+  quantize_report report;
+  const job a{model_path, out, opts, &report};
+  const bool hf_out = a.opts.type == "int8" || a.opts.type == "int4";
+  if (!hf_out && a.opts.type != "q8_0" && a.opts.type != "q4_0") {
+    throw error(errc::invalid_argument,
+                "unknown --type '" + a.opts.type + "' (int8, int4, q8_0, q4_0)");
+  }
+  if (a.opts.type == "int4" && (a.opts.group_size <= 0 || a.opts.group_size % 32 != 0)) {
+    throw error(errc::invalid_argument, "--group-size " + std::to_string(a.opts.group_size) +
+                                            " must be a positive multiple of 32");
+  }
+  if (a.out.empty()) throw error(errc::invalid_argument, "--out is required");
+  std::error_code ec;
+  if (fs::exists(a.out, ec) && !a.opts.force) {
+    throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
+  }
+  auto m = model::load(a.model);
+  try {
+    if (hf_out)
+      write_hf(a, *m);
+    else
+      write_gguf(a, *m);
+  } catch (const fs::filesystem_error& e) {
+    throw error(errc::invalid_argument, a.out + ": " + e.what());
+  }
+  return report;
+}
+
+}  // namespace shoal

@@ -1,0 +1,312 @@
+// Matmul kernels for F32, F16 and BF16 weights.
+//
+// Decode (few tokens) streams each weight row once and is bound by memory bandwidth: rows are
+// processed four at a time so several streams are in flight, weights are widened to F32 in
+// registers (never copied), and the activations stay F32 so the result matches the reference
+// closely. Prefill (many tokens) is bound by arithmetic: at the avx512 level F16/BF16 weights use
+// the AVX-512 BF16 dot-product instruction (two multiply-adds per lane per instruction) with the
+// activations rounded to BF16 once per call, in register tiles of 4 rows x 6 tokens. F32 weights
+// always use F32 FMAs so an F32 model keeps reproducing its reference logits.
+
+// GCC 12 flags its own intrinsics headers (_mm512_undefined_*) as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/matmul_kernels.hpp"
+
+namespace shoal::kernels::cpu {
+
+namespace {
+
+constexpr std::int64_t kGemmMinTokens = 5;  // from here on the BF16 tile kernel pays off
+
+// ---------------------------------------------------------------- portable
+void run_portable(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+                  std::int64_t r1) {
+  std::vector<float> row(w.cols);
+  for (std::int64_t r = r0; r < r1; ++r) {
+    dequantize_row(w, r, row.data());
+    for (std::int64_t t = 0; t < p.n; ++t) {
+      const float* x = p.x + t * p.cols;
+      float acc = 0.0f;
+      for (std::int64_t c = 0; c < w.cols; ++c) acc += row[c] * x[c];
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- avx2
+#define SHOAL_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+SHOAL_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+SHOAL_AVX2 inline __m256 load8(const std::uint16_t* p, dtype t) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (t == dtype::f16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+SHOAL_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+SHOAL_AVX2 float scalar_at(const matrix& w, const std::uint8_t* row, std::int64_t c) {
+  if (w.type == dtype::f32) {
+    float v;
+    std::memcpy(&v, row + 4 * c, 4);
+    return v;
+  }
+  std::uint16_t h;
+  std::memcpy(&h, row + 2 * c, 2);
+  return w.type == dtype::f16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+// Up to 4 rows x up to 4 tokens per pass; each weight vector loaded once for all tokens.
+SHOAL_AVX2 void run_avx2(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+                         std::int64_t r1) {
+  const std::int64_t K = w.cols, K8 = K / 8 * 8;
+  for (std::int64_t t0 = 0; t0 < p.n; t0 += 4) {
+    const int nt = static_cast<int>(std::min<std::int64_t>(4, p.n - t0));
+    for (std::int64_t r = r0; r < r1; r += 4) {
+      const int nr = static_cast<int>(std::min<std::int64_t>(4, r1 - r));
+      __m256 acc[4][4];
+      for (auto& a : acc) for (auto& v : a) v = _mm256_setzero_ps();
+      const std::uint8_t* rows[4];
+      for (int i = 0; i < 4; ++i) rows[i] = w.row(r + std::min(i, nr - 1));
+      for (std::int64_t k = 0; k < K8; k += 8) {
+        __m256 wv[4];
+        for (int i = 0; i < nr; ++i) {
+          wv[i] = w.type == dtype::f32 ? load8(reinterpret_cast<const float*>(rows[i]) + k)
+                                       : load8(reinterpret_cast<const std::uint16_t*>(rows[i]) + k, w.type);
+        }
+        for (int t = 0; t < nt; ++t) {
+          __m256 xv = load8(p.x + (t0 + t) * p.cols + k);
+          for (int i = 0; i < nr; ++i) acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+      }
+      for (int i = 0; i < nr; ++i) {
+        for (int t = 0; t < nt; ++t) {
+          float s = hsum8(acc[i][t]);
+          const float* x = p.x + (t0 + t) * p.cols;
+          for (std::int64_t k = K8; k < K; ++k) s += scalar_at(w, rows[i], k) * x[k];
+          y[(t0 + t) * ldy + r + i] = s;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- avx512
+#define SHOAL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+SHOAL_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+SHOAL_AVX512 inline __m512 load16(const std::uint16_t* p, dtype t, __mmask16 m) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  if (t == dtype::f16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+SHOAL_AVX512 inline __m512 load_w16(const matrix& w, const std::uint8_t* row, std::int64_t k, __mmask16 m) {
+  return w.type == dtype::f32 ? load16(reinterpret_cast<const float*>(row) + k, m)
+                              : load16(reinterpret_cast<const std::uint16_t*>(row) + k, w.type, m);
+}
+
+// A function, not a lambda: lambdas do not inherit the enclosing function's target attribute.
+template <dtype T>
+SHOAL_AVX512 inline __m512 load_typed(const std::uint8_t* row, std::int64_t k, __mmask16 m) {
+  if constexpr (T == dtype::f32) return load16(reinterpret_cast<const float*>(row) + k, m);
+  else return load16(reinterpret_cast<const std::uint16_t*>(row) + k, T, m);
+}
+
+// F32 FMA path: NR rows x NT tokens with every accumulator in a register (template sizes, so the
+// compiler never spills them), 16 columns per step, masked tail. Memory-bound for few tokens.
+template <dtype T, int NR, int NT>
+SHOAL_AVX512 void fma_tile(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r,
+                           std::int64_t t0) {
+  const std::int64_t K = w.cols;
+  __m512 acc[NR][NT];
+  for (int i = 0; i < NR; ++i) for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
+  const std::uint8_t* rows[NR];
+  for (int i = 0; i < NR; ++i) rows[i] = w.row(r + i);
+  const float* xs[NT];
+  for (int t = 0; t < NT; ++t) xs[t] = p.x + (t0 + t) * p.cols;
+  // Software prefetch of the next row group: each row is often exactly one 4 KiB page, where the
+  // hardware stream prefetchers stop, so without this every row starts with a cold miss.
+  constexpr std::int64_t esize = T == dtype::f32 ? 4 : 2;
+  const std::int64_t ahead = 2 * NR * w.row_stride * esize;
+  std::int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    if ((k & 31) == 0) {
+      for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + k * esize), _MM_HINT_T0);
+    }
+    __m512 wv[NR];
+    for (int i = 0; i < NR; ++i) wv[i] = load_typed<T>(rows[i], k, 0xffff);
+    for (int t = 0; t < NT; ++t) {
+      const __m512 xv = _mm512_loadu_ps(xs[t] + k);
+      for (int i = 0; i < NR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 wv[NR];
+    for (int i = 0; i < NR; ++i) wv[i] = load_typed<T>(rows[i], k, m);
+    for (int t = 0; t < NT; ++t) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m, xs[t] + k);
+      for (int i = 0; i < NR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < NR; ++i) for (int t = 0; t < NT; ++t) y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+template <dtype T, int NT>
+SHOAL_AVX512 void fma_rows(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+                           std::int64_t r1, std::int64_t t0) {
+  std::int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) fma_tile<T, 4, NT>(w, p, y, ldy, r, t0);
+  for (; r < r1; ++r) fma_tile<T, 1, NT>(w, p, y, ldy, r, t0);
+}
+
+template <dtype T>
+SHOAL_AVX512 void fma_all(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+                          std::int64_t r1) {
+  std::int64_t t0 = 0;
+  for (; t0 + 4 <= p.n; t0 += 4) fma_rows<T, 4>(w, p, y, ldy, r0, r1, t0);
+  switch (p.n - t0) {
+    case 3: fma_rows<T, 3>(w, p, y, ldy, r0, r1, t0); break;
+    case 2: fma_rows<T, 2>(w, p, y, ldy, r0, r1, t0); break;
+    case 1: fma_rows<T, 1>(w, p, y, ldy, r0, r1, t0); break;
+    default: break;
+  }
+}
+
+SHOAL_AVX512 void run_avx512_fma(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy,
+                                 std::int64_t r0, std::int64_t r1) {
+  switch (w.type) {
+    case dtype::f32: fma_all<dtype::f32>(w, p, y, ldy, r0, r1); return;
+    case dtype::f16: fma_all<dtype::f16>(w, p, y, ldy, r0, r1); return;
+    case dtype::bf16: fma_all<dtype::bf16>(w, p, y, ldy, r0, r1); return;
+    default: return;
+  }
+}
+
+// BF16 activations for the tile kernel: [n, kp] with kp = cols rounded up to 32, zero padded.
+SHOAL_AVX512 void prepare_bf16(prepared_input& p) {
+  const std::int64_t kp = (p.cols + 31) / 32 * 32;
+  p.buf.assign(static_cast<std::size_t>(p.n * kp * 2), 0);
+  auto* out = reinterpret_cast<std::uint16_t*>(p.buf.data());
+  for (std::int64_t t = 0; t < p.n; ++t) {
+    const float* x = p.x + t * p.cols;
+    std::uint16_t* o = out + t * kp;
+    for (std::int64_t k = 0; k < kp; k += 32) {
+      const auto rem = p.cols - k;
+      const __mmask16 m0 = rem >= 16 ? __mmask16(0xffff) : rem <= 0 ? __mmask16(0) : __mmask16((1u << rem) - 1);
+      const __mmask16 m1 = rem >= 32 ? __mmask16(0xffff) : rem <= 16 ? __mmask16(0) : __mmask16((1u << (rem - 16)) - 1);
+      __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + k + 16), _mm512_maskz_loadu_ps(m0, x + k));
+      _mm512_storeu_si512(o + k, (__m512i)v);
+    }
+  }
+}
+
+// One row block (up to kRows rows) of W converted to BF16 [kRows, kp] so the tile loop below reads
+// one format; for BF16 weights this is a copy, for F16 a conversion; either way it is done once per
+// row block and reused by every token.
+constexpr int kRows = 5;
+constexpr int kTok = 5;
+
+SHOAL_AVX512 void pack_rows_bf16(const matrix& w, std::int64_t r, int nr, std::int64_t kp, std::uint16_t* out) {
+  for (int i = 0; i < kRows; ++i) {
+    const std::uint8_t* row = w.row(r + std::min(i, nr - 1));
+    std::uint16_t* o = out + i * kp;
+    for (std::int64_t k = 0; k < kp; k += 32) {
+      const auto rem = w.cols - k;
+      const __mmask16 m0 = rem >= 16 ? __mmask16(0xffff) : rem <= 0 ? __mmask16(0) : __mmask16((1u << rem) - 1);
+      const __mmask16 m1 = rem >= 32 ? __mmask16(0xffff) : rem <= 16 ? __mmask16(0) : __mmask16((1u << (rem - 16)) - 1);
+      if (w.type == dtype::bf16) {
+        const auto* src = reinterpret_cast<const std::uint16_t*>(row) + k;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k), _mm256_maskz_loadu_epi16(m0, src));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k + 16), _mm256_maskz_loadu_epi16(m1, src + 16));
+      } else {
+        __m512bh v = _mm512_cvtne2ps_pbh(load_w16(w, row, k + 16, m1), load_w16(w, row, k, m0));
+        _mm512_storeu_si512(o + k, (__m512i)v);
+      }
+    }
+  }
+}
+
+SHOAL_AVX512 void run_avx512_bf16_tiles(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy,
+                                        std::int64_t r0, std::int64_t r1) {
+  const std::int64_t kp = (p.cols + 31) / 32 * 32;
+  const auto* xb = reinterpret_cast<const std::uint16_t*>(p.buf.data());
+  thread_local std::vector<std::uint16_t> wbuf;
+  wbuf.resize(static_cast<std::size_t>(kRows * kp));
+  for (std::int64_t r = r0; r < r1; r += kRows) {
+    const int nr = static_cast<int>(std::min<std::int64_t>(kRows, r1 - r));
+    pack_rows_bf16(w, r, nr, kp, wbuf.data());
+    const std::uint16_t* wr[kRows];
+    for (int i = 0; i < kRows; ++i) wr[i] = wbuf.data() + i * kp;
+    for (std::int64_t t0 = 0; t0 < p.n; t0 += kTok) {
+      const int nt = static_cast<int>(std::min<std::int64_t>(kTok, p.n - t0));
+      const std::uint16_t* xr[kTok];
+      for (int t = 0; t < kTok; ++t) xr[t] = xb + (t0 + std::min(t, nt - 1)) * kp;
+      __m512 acc[kRows][kTok];
+      for (auto& a : acc) for (auto& v : a) v = _mm512_setzero_ps();
+      for (std::int64_t k = 0; k < kp; k += 32) {
+        __m512bh wv[kRows];
+        for (int i = 0; i < kRows; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(wr[i] + k);
+        for (int t = 0; t < kTok; ++t) {
+          __m512bh xv = (__m512bh)_mm512_loadu_si512(xr[t] + k);
+          for (int i = 0; i < kRows; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], xv);
+        }
+      }
+      for (int i = 0; i < nr; ++i) {
+        for (int t = 0; t < nt; ++t) y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+void prepare_float(prepared_input& p, isa level) {
+  if (level == isa::avx512 && p.n >= kGemmMinTokens) prepare_bf16(p);
+}
+
+void run_float(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+               std::int64_t r1, isa level) {
+  switch (level) {
+    case isa::avx512:
+      if (w.type != dtype::f32 && p.n >= kGemmMinTokens && !p.buf.empty()) {
+        run_avx512_bf16_tiles(w, p, y, ldy, r0, r1);
+      } else {
+        run_avx512_fma(w, p, y, ldy, r0, r1);
+      }
+      return;
+    case isa::avx2:
+      run_avx2(w, p, y, ldy, r0, r1);
+      return;
+    case isa::portable:
+      run_portable(w, p, y, ldy, r0, r1);
+      return;
+  }
+}
+
+const matmul_kernel kFloatKernel{prepare_float, run_float, 4};
+
+}  // namespace
+
+const matmul_kernel* float_matmul_kernel(dtype t) {
+  if (t == dtype::f32 || t == dtype::f16 || t == dtype::bf16) return &kFloatKernel;
+  return nullptr;
+}
+
+const matmul_kernel& matmul_kernel_for(dtype t) {
+  if (auto* k = float_matmul_kernel(t)) return *k;
+  return *quant_matmul_kernel(t);
+}
+
+}  // namespace shoal::kernels::cpu
+
