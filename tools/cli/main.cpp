@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   add("quantize", "Write a quantized copy of a model (int8/int4 HF layout, Q8_0/Q4_0 GGUF)", shoal::cli::add_quantize);
   add("bench", "Measure prefill and decode speed and the memory bandwidth they reach", shoal::cli::add_bench);
   add("perplexity", "Perplexity of a model on a text file", shoal::cli::add_perplexity);
+  add("node", "Run one node of a cluster", shoal::cli::add_node);
+  add("up", "Start every node of a local cluster, wait until it serves, stop all on Ctrl-C", shoal::cli::add_up);
+  add("client", "Talk to a running cluster over Cap'n Proto: generate, chat, bench", shoal::cli::add_client);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,42 @@
+#pragma once
+// The Cap'n Proto front door (schemas/shoal.capnp): a kj event loop on its own thread serving the
+// `Shoal` bootstrap interface, bridging each call to the router's mailbox. Only this component and
+// the client library include the generated schema headers.
+
+#include <caf/all.hpp>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "actors/router.hpp"
+
+namespace shoal::actors {
+
+struct gateway_options {
+  std::string host = "127.0.0.1";
+  std::int32_t port = 0;                        // 0: any free port (see gateway_server::port())
+  std::uint64_t max_message_words = 8 << 20;    // Cap'n Proto traversal limit, in 8-byte words. Default: 64 MiB
+  std::int32_t max_nesting = 64;                // Cap'n Proto nesting limit. Default: 64
+  std::int32_t max_prompt_bytes = 1 << 20;      // Default: 1 MiB
+  /// Served models, name -> path (the cluster config's `models`, first = default). The gateway
+  /// reads their tokenizers only to render chat templates for `chat`; empty disables `chat` and
+  /// leaves unknown-model checks to the router.
+  std::vector<std::pair<std::string, std::string>> models;
+  std::int32_t query_timeout_ms = 5000;         // router answers to tokenize/status/submit. Default: 5000
+};
+
+class gateway_server {
+ public:
+  virtual ~gateway_server() = default;
+  /// The port it listens on.
+  virtual std::int32_t port() const = 0;
+  /// Stops accepting, cancels in-flight generations, joins the event loop thread.
+  virtual void stop() = 0;
+};
+
+/// Starts serving on a new thread; throws shoal::error (errc::unavailable) when it cannot listen.
+std::unique_ptr<gateway_server> start_gateway(caf::actor_system& sys, router_actor router, gateway_options opts);
+
+}  // namespace shoal::actors

@@ -1,0 +1,257 @@
+#pragma once
+// Message types and atoms shared by Shoal's actors, across nodes. Every node registers them with
+// register_message_types() before starting its actor system (CAF 0.17 needs each custom type
+// announced by name on both ends of a connection).
+//
+// The router's mailbox is a supported API for internal services: send it
+//   (generate_atom, generate_request)  -> submit_result, then token_chunk* and one generation_summary
+//                                         arrive at request.sink
+//   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
+//   (status_atom)                      -> cluster_status
+//   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
+// See actors/router.hpp.
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shoal::actors {
+
+// CAF 0.17 atoms: at most 10 characters.
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using status_atom = caf::atom_constant<caf::atom("status")>;
+using tokenize_atom = caf::atom_constant<caf::atom("tokenize")>;
+using step_atom = caf::atom_constant<caf::atom("step")>;
+using setup_atom = caf::atom_constant<caf::atom("setup")>;
+using connect_atom = caf::atom_constant<caf::atom("connect")>;
+using spawn_atom = caf::atom_constant<caf::atom("spawnshard")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
+
+/// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
+struct sampling_spec {
+  float temperature = 1.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  bool has_seed = false;
+  std::uint64_t seed = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, sampling_spec& x) {
+  return f(caf::meta::type_name("sampling_spec"), x.temperature, x.top_k, x.top_p, x.min_p,
+           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, x.has_seed, x.seed);
+}
+
+/// Newly generated tokens of one request, sent as soon as they are sampled.
+struct token_chunk {
+  std::string id;                 // request id
+  std::vector<std::int32_t> ids;  // the new token ids
+  std::string text;               // their text: complete UTF-8, held back while it could start a stop string
+  std::int32_t index = 0;         // position of ids[0] among the generated tokens
+  bool cached = false;            // served from the answer cache, not computed
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, token_chunk& x) {
+  return f(caf::meta::type_name("token_chunk"), x.id, x.ids, x.text, x.index, x.cached);
+}
+
+/// The last message of every accepted request.
+struct generation_summary {
+  std::string id;
+  std::string finish_reason;   // length | stop | eos | cancelled | error
+  std::string error_code;      // errc name when finish_reason == "error"
+  std::string error_message;
+  std::int32_t prompt_tokens = 0;
+  std::int32_t completion_tokens = 0;
+  double queue_seconds = 0;    // accepted -> first scheduled
+  double ttft_seconds = 0;     // accepted -> first token
+  double total_seconds = 0;    // accepted -> finished
+  std::string replica;
+  bool cached = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
+  return f(caf::meta::type_name("generation_summary"), x.id, x.finish_reason, x.error_code, x.error_message,
+           x.prompt_tokens, x.completion_tokens, x.queue_seconds, x.ttft_seconds, x.total_seconds, x.replica,
+           x.cached);
+}
+
+/// Where a request's tokens go: any actor handling these two messages (the gateway's per-request
+/// bridge, or an internal service).
+using sink_actor = caf::typed_actor<caf::reacts_to<token_chunk>, caf::reacts_to<generation_summary>>;
+
+struct generate_request {
+  std::string id;                    // unique; the router assigns one when empty
+  std::string model;                 // served model name; "" = the cluster's default
+  std::string kind = "generate";     // generate | score | embed: picks the replica pool
+  std::string prompt;                // text, used when prompt_ids is empty
+  std::vector<std::int32_t> prompt_ids;
+  bool add_special = true;           // add BOS as the tokenizer says
+  bool parse_special = true;         // special-token strings in the prompt become tokens
+  sampling_spec sampling;
+  std::int32_t max_tokens = 128;
+  bool ignore_eos = false;
+  std::vector<std::string> stop;
+  std::vector<std::int32_t> stop_ids;
+  std::int32_t priority = 0;         // higher is scheduled first
+  sink_actor sink;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.id, x.model, x.kind, x.prompt, x.prompt_ids,
+           x.add_special, x.parse_special, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
+           x.priority, x.sink);
+}
+
+/// The answer to a generate request: accepted (tokens will stream) or refused with a reason.
+struct submit_result {
+  bool accepted = false;
+  std::string id;
+  std::string error_code;     // invalid_argument | out_of_range | overloaded | unavailable | not_found ...
+  std::string error_message;
+  std::string replica;
+  std::int32_t prompt_tokens = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, submit_result& x) {
+  return f(caf::meta::type_name("submit_result"), x.accepted, x.id, x.error_code, x.error_message, x.replica,
+           x.prompt_tokens);
+}
+
+struct tokenize_request {
+  std::string model;
+  std::string text;
+  bool add_special = true;
+  bool parse_special = true;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tokenize_request& x) {
+  return f(caf::meta::type_name("tokenize_request"), x.model, x.text, x.add_special, x.parse_special);
+}
+
+/// What a replica reports to the router (periodically and on change).
+struct replica_stats {
+  std::string name;
+  std::string model;
+  std::string kind;          // the request kind pool it serves
+  bool healthy = false;
+  std::string detail;        // why it is not healthy
+  double kv_usage = 0;       // 0..1
+  std::int32_t kv_blocks = 0;
+  std::int32_t free_blocks = 0;
+  std::int32_t waiting = 0;
+  std::int32_t running = 0;
+  std::int32_t max_waiting = 0;
+  std::int32_t context_length = 0;
+  std::int64_t preemptions = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, replica_stats& x) {
+  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.kv_usage,
+           x.kv_blocks, x.free_blocks, x.waiting, x.running, x.max_waiting, x.context_length, x.preemptions);
+}
+
+/// Whoever wants a replica's load and health reports (the router).
+using stats_listener = caf::typed_actor<caf::reacts_to<stats_atom, replica_stats>>;
+
+struct cluster_status {
+  bool ready = false;
+  std::string detail;
+  std::vector<replica_stats> replicas;
+  std::vector<std::string> models;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cluster_status& x) {
+  return f(caf::meta::type_name("cluster_status"), x.ready, x.detail, x.replicas, x.models);
+}
+
+// ---- batcher <-> shard worker
+
+struct shard_setup {
+  std::string model_path;
+  std::string replica;
+  std::int32_t rank = 0;
+  std::int32_t world = 1;
+  std::int32_t block_size = 16;
+  std::int32_t num_blocks = 0;
+  std::int32_t threads = 1;
+  std::string bind_host = "127.0.0.1";
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
+  return f(caf::meta::type_name("shard_setup"), x.model_path, x.replica, x.rank, x.world, x.block_size,
+           x.num_blocks, x.threads, x.bind_host);
+}
+
+/// A sequence the workers have not seen before: rank 0 keeps its sampler state.
+struct seq_setup {
+  std::string id;
+  std::vector<std::int32_t> prompt;
+  sampling_spec sampling;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, seq_setup& x) {
+  return f(caf::meta::type_name("seq_setup"), x.id, x.prompt, x.sampling);
+}
+
+/// One sequence's work in a step: compute `tokens` at positions start.. with this block table.
+struct step_item {
+  std::string id;
+  std::vector<std::int32_t> tokens;
+  std::int32_t start = 0;
+  std::vector<std::int32_t> blocks;
+  bool sample = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_item& x) {
+  return f(caf::meta::type_name("step_item"), x.id, x.tokens, x.start, x.blocks, x.sample);
+}
+
+/// A step as the workers see it: only what changed (new sequences, dropped ones, this step's tokens).
+struct step_request {
+  std::uint64_t step = 0;
+  std::vector<seq_setup> added;
+  std::vector<std::string> dropped;
+  std::vector<step_item> items;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_request& x) {
+  return f(caf::meta::type_name("step_request"), x.step, x.added, x.dropped, x.items);
+}
+
+struct step_result {
+  std::uint64_t step = 0;
+  std::vector<std::int32_t> sampled;  // rank 0: one token per item with sample=true, in order
+  std::string error;                  // non-empty: the step failed on this rank
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_result& x) {
+  return f(caf::meta::type_name("step_result"), x.step, x.sampled, x.error);
+}
+
+/// Registers every type above with an actor system config. Call on every node.
+void register_message_types(caf::actor_system_config& cfg);
+
+}  // namespace shoal::actors

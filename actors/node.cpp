@@ -1,0 +1,159 @@
+#include "actors/node.hpp"
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <prometheus/gauge.h>
+#include <signal.h>
+
+#include <atomic>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include "actors/batcher.hpp"
+#include "actors/cluster_config.hpp"
+#include "actors/gateway.hpp"
+#include "actors/messages.hpp"
+#include "actors/metrics_server.hpp"
+#include "actors/node_manager.hpp"
+#include "actors/router.hpp"
+#include "engine/common/error.hpp"
+
+namespace shoal::actors {
+
+namespace {
+
+// Resolves the node managers of a replica's ranks and spawns its batcher. Runs on its own thread
+// because remote_actor() blocks while a worker node is still starting.
+struct launched_batchers {
+  std::mutex mutex;
+  std::vector<batcher_actor> all;
+};
+
+void launch_replica(caf::actor_system& sys, const cluster_config& cfg, const replica_spec& spec,
+                    const std::string& self_name, node_manager_actor local_nm, router_actor router,
+                    std::shared_ptr<prometheus::Registry> registry, int timeout_s, launched_batchers& out,
+                    const std::atomic<bool>& stopping) {
+  batcher_options bo;
+  bo.replica = spec;
+  bo.model = *cfg.find_model(spec.model);
+  bo.router = router;
+  bo.metrics = registry;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  for (const auto& name : spec.tensor_parallel) {
+    const auto& node = *cfg.find_node(name);
+    bo.node_hosts.push_back(node.host);
+    bo.node_threads.push_back(node.threads);
+    if (name == self_name) {
+      bo.nodes.push_back(local_nm);
+      continue;
+    }
+    for (;;) {
+      auto nm = sys.middleman().remote_actor<node_manager_actor>(node.host, static_cast<std::uint16_t>(node.port));
+      if (nm) {
+        bo.nodes.push_back(*nm);
+        break;
+      }
+      if (stopping) return;
+      if (std::chrono::steady_clock::now() > deadline) {
+        replica_stats s;
+        s.name = spec.name;
+        s.model = spec.model;
+        s.kind = spec.kind;
+        s.detail = "worker node '" + name + "' at " + node.host + ":" + std::to_string(node.port) + " is unreachable";
+        caf::anon_send(router, stats_atom::value, s);
+        std::cerr << "shoal node: replica " << spec.name << ": " << s.detail << std::endl;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+  auto b = spawn_batcher(sys, std::move(bo));
+  {
+    std::lock_guard<std::mutex> lock(out.mutex);
+    out.all.push_back(b);
+  }
+  caf::anon_send(router, ready_atom::value, spec.name, b);
+}
+
+}  // namespace
+
+int run_node(const node_run_options& o) {
+  auto cfg = cluster_config::load(o.config_path);
+  if (!o.model_override.empty()) {
+    for (auto& m : cfg.models) m.path = o.model_override;
+  }
+  const node_spec* node = cfg.find_node(o.node_name);
+  if (!node) throw error(errc::invalid_argument, o.config_path + ": no node named '" + o.node_name + "'");
+
+  // Signals go to sigwait() below, not to arbitrary threads: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  caf::actor_system_config caf_cfg;
+  caf_cfg.load<caf::io::middleman>();
+  register_message_types(caf_cfg);
+  caf::actor_system sys{caf_cfg};
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto& info = prometheus::BuildGauge().Name("shoal:node_info").Help("This node's name and roles").Register(*registry);
+  std::string roles;
+  for (auto& r : node->roles) roles += (roles.empty() ? "" : ",") + r;
+  info.Add({{"node", node->name}, {"roles", roles}, {"cluster", cfg.name}}).Set(1);
+
+  auto nm = spawn_node_manager(sys, node->name);
+  auto published = sys.middleman().publish(nm, static_cast<std::uint16_t>(node->port), node->host.c_str(), true);
+  if (!published) {
+    caf::anon_send_exit(nm, caf::exit_reason::user_shutdown);
+    throw error(errc::unavailable, "node '" + node->name + "' cannot listen on " + node->host + ":" +
+                                       std::to_string(node->port) + ": " + sys.render(published.error()));
+  }
+  std::cout << "shoal node " << node->name << ": actors on " << node->host << ":" << *published << std::endl;
+
+  std::unique_ptr<metrics_server> metrics;
+  if (node->metrics_port > 0) {
+    metrics = start_metrics_server(node->host, node->metrics_port, registry);
+    std::cout << "shoal node " << node->name << ": metrics on http://" << node->host << ":" << metrics->port() << "/metrics"
+              << std::endl;
+  }
+
+  router_actor router;
+  std::unique_ptr<gateway_server> gateway;
+  std::vector<std::thread> launchers;
+  launched_batchers batchers;
+  std::atomic<bool> stopping{false};
+  if (node->has_role("router")) {
+    router = spawn_router(sys, router_options{cfg});
+    for (const auto& spec : cfg.replicas) {
+      launchers.emplace_back(launch_replica, std::ref(sys), std::cref(cfg), spec, node->name, nm, router, registry,
+                             o.connect_timeout_s, std::ref(batchers), std::cref(stopping));
+    }
+    if (node->has_role("gateway")) {
+      gateway_options go;
+      go.host = node->host;
+      go.port = node->rpc_port;
+      for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
+      gateway = start_gateway(sys, router, go);
+      std::cout << "shoal node " << node->name << ": Cap'n Proto RPC on " << node->host << ":" << gateway->port()
+                << std::endl;
+    }
+  }
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cout << "shoal node " << node->name << ": stopping (signal " << sig << ")" << std::endl;
+  stopping = true;
+  if (gateway) gateway->stop();
+  if (metrics) metrics->stop();
+  for (auto& t : launchers) t.join();
+  // The actor system's destructor waits for every actor: stop the batchers explicitly (they are not
+  // linked to the router, so one crashing does not take the router down).
+  for (auto& b : batchers.all) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
+  if (router) caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(nm, caf::exit_reason::user_shutdown);
+  return 0;
+}
+
+}  // namespace shoal::actors

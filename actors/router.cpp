@@ -1,0 +1,163 @@
+#include "actors/router.hpp"
+
+#include <atomic>
+#include <map>
+
+#include "engine/common/error.hpp"
+#include "engine/model/model_info.hpp"
+
+namespace shoal::actors {
+
+namespace {
+
+struct replica_entry {
+  replica_spec spec;
+  batcher_actor batcher;
+  replica_stats stats;
+  std::int64_t credit = 0;  // smooth weighted round robin
+};
+
+struct router_state {
+  router_options opts;
+  std::vector<replica_entry> replicas;
+  std::map<std::string, std::unique_ptr<tokenizer>> tokenizers;  // by model name, loaded lazily
+  std::uint64_t next_id = 0;
+  static inline const char* name = "router";
+};
+
+using self_ptr = router_actor::stateful_pointer<router_state>;
+
+submit_result refuse(const std::string& id, errc code, std::string message) {
+  submit_result r;
+  r.id = id;
+  r.error_code = to_string(code);
+  r.error_message = std::move(message);
+  return r;
+}
+
+std::string default_model(const router_state& st) { return st.opts.config.models.front().name; }
+
+// Smooth weighted round robin (nginx's): every eligible replica gains its weight, the richest wins
+// and pays the total. Deterministic and spreads requests in proportion to weight.
+replica_entry* pick(router_state& st, const std::string& model, const std::string& kind, std::string& why) {
+  std::vector<replica_entry*> eligible;
+  int healthy = 0, serving = 0;
+  for (auto& r : st.replicas) {
+    if (r.spec.model != model || r.spec.kind != kind) continue;
+    ++serving;
+    if (!r.stats.healthy) continue;
+    ++healthy;
+    if (r.stats.kv_usage > st.opts.config.router.kv_threshold) continue;
+    if (r.stats.waiting >= r.stats.max_waiting) continue;
+    eligible.push_back(&r);
+  }
+  if (eligible.empty()) {
+    if (serving == 0) why = "no replica serves model '" + model + "' for " + kind + " requests";
+    else if (healthy == 0) why = "no healthy replica of model '" + model + "' is available";
+    else why = "all replicas of model '" + model + "' are at capacity (KV cache above " +
+               std::to_string(static_cast<int>(st.opts.config.router.kv_threshold * 100)) + "% or queue full)";
+    return nullptr;
+  }
+  std::int64_t total = 0;
+  replica_entry* best = nullptr;
+  for (auto* r : eligible) {
+    r->credit += r->spec.weight;
+    total += r->spec.weight;
+    if (!best || r->credit > best->credit) best = r;
+  }
+  best->credit -= total;
+  return best;
+}
+
+router_actor::behavior_type router(self_ptr self, router_options opts) {
+  self->state.opts = std::move(opts);
+  for (const auto& spec : self->state.opts.config.replicas) {
+    replica_entry e;
+    e.spec = spec;
+    e.stats.name = spec.name;
+    e.stats.model = spec.model;
+    e.stats.kind = spec.kind;
+    e.stats.detail = "not started";
+    self->state.replicas.push_back(e);
+  }
+  self->set_down_handler([=](const caf::down_msg& dm) {
+    for (auto& r : self->state.replicas) {
+      if (r.batcher && r.batcher.address() == dm.source) {
+        r.stats.healthy = false;
+        r.stats.detail = "batcher is down";
+      }
+    }
+  });
+  return {
+      [=](generate_atom, generate_request req) -> caf::result<submit_result> {
+        auto& st = self->state;
+        if (req.id.empty()) req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
+        if (req.model.empty()) req.model = default_model(st);
+        if (!st.opts.config.find_model(req.model)) {
+          return refuse(req.id, errc::not_found, "unknown model '" + req.model + "'");
+        }
+        if (req.kind != "generate" && req.kind != "score" && req.kind != "embed") {
+          return refuse(req.id, errc::invalid_argument, "unknown request kind '" + req.kind + "'");
+        }
+        if (!req.sink) return refuse(req.id, errc::invalid_argument, "the request has no sink for its tokens");
+        std::string why;
+        auto* r = pick(st, req.model, req.kind, why);
+        if (!r) {
+          const bool none_healthy = why.find("healthy") != std::string::npos || why.find("no replica") != std::string::npos;
+          return refuse(req.id, none_healthy ? errc::unavailable : errc::overloaded, why);
+        }
+        // Count it against the replica now, so a burst does not all land on one replica before
+        // its next stats report.
+        ++r->stats.waiting;
+        return self->delegate(r->batcher, generate_atom::value, std::move(req));
+      },
+      [=](cancel_atom, const std::string& id) {
+        // Requests are few per replica; every batcher ignores ids it does not hold.
+        for (auto& r : self->state.replicas) {
+          if (r.batcher) self->send(r.batcher, cancel_atom::value, id);
+        }
+      },
+      [=](status_atom) -> cluster_status {
+        cluster_status s;
+        for (auto& r : self->state.replicas) {
+          s.replicas.push_back(r.stats);
+          if (r.stats.healthy && r.stats.kv_usage < 1.0) s.ready = true;
+        }
+        for (auto& m : self->state.opts.config.models) s.models.push_back(m.name);
+        s.detail = s.ready ? "ready" : "no healthy replica with KV capacity";
+        return s;
+      },
+      [=](tokenize_atom, const tokenize_request& t) -> caf::result<std::vector<std::int32_t>> {
+        auto& st = self->state;
+        const std::string name = t.model.empty() ? default_model(st) : t.model;
+        const auto* m = st.opts.config.find_model(name);
+        if (!m) return caf::make_error(caf::sec::invalid_argument, "unknown model '" + name + "'");
+        try {
+          auto& tok = st.tokenizers[name];
+          if (!tok) tok = load_model_tokenizer(m->path);
+          return tok->encode(t.text, encode_options{t.add_special, t.parse_special});
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+        }
+      },
+      [=](stats_atom, const replica_stats& s) {
+        for (auto& r : self->state.replicas) {
+          if (r.spec.name == s.name) r.stats = s;
+        }
+      },
+      [=](ready_atom, const std::string& name, const batcher_actor& b) {
+        for (auto& r : self->state.replicas) {
+          if (r.spec.name == name) {
+            r.batcher = b;
+            self->monitor(b);
+          }
+        }
+      },
+  };
+}
+
+}  // namespace
+
+router_actor spawn_router(caf::actor_system& sys, router_options opts) { return sys.spawn(router, std::move(opts)); }
+
+}  // namespace shoal::actors

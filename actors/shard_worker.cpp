@@ -1,0 +1,136 @@
+#include "actors/shard_worker.hpp"
+
+#include <map>
+#include <memory>
+
+#include "engine/comm/tcp_communicator.hpp"
+#include "engine/common/error.hpp"
+#include "engine/model/model.hpp"
+#include "engine/runner/model_runner.hpp"
+#include "engine/sampling/sampler.hpp"
+
+namespace shoal::actors {
+
+namespace {
+
+struct shard_state {
+  shard_setup setup;
+  std::unique_ptr<model> mdl;
+  std::unique_ptr<kernels::backend> backend;
+  std::unique_ptr<tcp_communicator> comm;
+  std::unique_ptr<model_runner> runner;
+  std::map<std::string, std::unique_ptr<sampler>> samplers;  // rank 0 only
+  std::vector<float> logits;
+  static inline const char* name = "shard_worker";
+};
+
+sampling_params to_params(const sampling_spec& s) {
+  sampling_params p;
+  p.temperature = s.temperature;
+  p.top_k = s.top_k;
+  p.top_p = s.top_p;
+  p.min_p = s.min_p;
+  p.repetition_penalty = s.repetition_penalty;
+  p.presence_penalty = s.presence_penalty;
+  p.frequency_penalty = s.frequency_penalty;
+  if (s.has_seed) p.seed = s.seed;
+  return p;
+}
+
+step_result run_step(shard_state& st, const step_request& req) {
+  step_result res;
+  res.step = req.step;
+  if (!st.runner) {
+    res.error = "shard worker is not set up";
+    return res;
+  }
+  const bool sampling = st.setup.rank == 0;
+  const std::int64_t n_valid = std::min<std::int64_t>(st.mdl->config().vocab_size, st.mdl->tok().vocab_size());
+  for (const auto& id : req.dropped) st.samplers.erase(id);
+  if (sampling) {
+    for (const auto& a : req.added) {
+      auto s = std::make_unique<sampler>(to_params(a.sampling), n_valid);
+      for (auto t : a.prompt) s->observe(t, false);
+      st.samplers[a.id] = std::move(s);
+    }
+  }
+  forward_batch batch;
+  for (const auto& item : req.items) {
+    for (std::size_t j = 0; j < item.tokens.size(); ++j) {
+      batch.add(item.tokens[j], item.start + static_cast<std::int32_t>(j), item.blocks.data(),
+                item.sample && j + 1 == item.tokens.size());
+    }
+  }
+  try {
+    st.runner->forward(batch, st.logits);
+  } catch (const std::exception& e) {
+    res.error = e.what();
+    return res;
+  }
+  if (sampling) {
+    const std::int64_t V = st.mdl->config().vocab_size;
+    std::size_t row = 0;
+    for (const auto& item : req.items) {
+      if (!item.sample) continue;
+      auto it = st.samplers.find(item.id);
+      if (it == st.samplers.end()) {
+        res.error = "no sampler state for sequence " + item.id;
+        return res;
+      }
+      std::span<float> l(st.logits.data() + row * V, static_cast<std::size_t>(V));
+      const std::int32_t tok = it->second->sample(l);
+      it->second->observe(tok, true);
+      res.sampled.push_back(tok);
+      ++row;
+    }
+  }
+  return res;
+}
+
+// `unused`: CAF 0.17 dereferences a null argument tuple when a function actor is spawned without
+// arguments, which UBSan (tools/check --sanitize) stops at.
+shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_pointer<shard_state> self,
+                                               int /*unused*/) {
+  return {
+      [=](setup_atom, const shard_setup& s) -> caf::result<std::int32_t> {
+        auto& st = self->state;
+        try {
+          st.setup = s;
+          st.mdl = model::load(s.model_path);
+          st.backend = kernels::make_cpu_backend(std::max(1, s.threads));
+          if (s.world > 1) {
+            st.comm = std::make_unique<tcp_communicator>(s.rank, s.world, s.bind_host);
+            return st.comm->port();
+          }
+          st.runner = std::make_unique<model_runner>(*st.mdl, *st.backend, shard_spec{0, 1}, nullptr,
+                                                     kv_cache_options{s.block_size, s.num_blocks});
+          return std::int32_t{0};
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+        }
+      },
+      [=](connect_atom, const std::vector<std::string>& addresses) -> caf::result<bool> {
+        auto& st = self->state;
+        try {
+          if (st.setup.world > 1) {
+            st.comm->connect(addresses, std::chrono::seconds(60));
+            st.runner = std::make_unique<model_runner>(*st.mdl, *st.backend, shard_spec{st.setup.rank, st.setup.world},
+                                                       st.comm.get(),
+                                                       kv_cache_options{st.setup.block_size, st.setup.num_blocks});
+          }
+          return true;
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+        }
+      },
+      [=](step_atom, const step_request& req) -> step_result { return run_step(self->state, req); },
+  };
+}
+
+}  // namespace
+
+shard_worker_actor spawn_shard_worker(caf::actor_system& sys) {
+  return sys.spawn<caf::detached>(shard_worker, 0);
+}
+
+}  // namespace shoal::actors

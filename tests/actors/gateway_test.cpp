@@ -1,0 +1,569 @@
+// The Cap'n Proto front door end to end, in one process: router + batcher + shard worker actors
+// serving stories260K (and qwen2-tiny for chats), the gateway on an ephemeral port, and the C++
+// client library. Outputs are checked against the goldens in ../shared (computed by transformers).
+
+#pragma GCC diagnostic ignored \
+    "-Wmaybe-uninitialized"  // kj's ExceptionOr<T>, see actors/gateway.cpp
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <prometheus/registry.h>
+#include <boost/test/unit_test.hpp>
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include "actors/batcher.hpp"
+#include "actors/gateway.hpp"
+#include "actors/messages.hpp"
+#include "actors/metrics.hpp"
+#include "actors/metrics_server.hpp"
+#include "actors/node_manager.hpp"
+#include "actors/router.hpp"
+#include "engine/model/model_info.hpp"
+#include "engine/tokenizer/chat_template.hpp"
+#include "schemas/shoal.capnp.h"
+#include "tests/support/http.hpp"
+#include "tests/support/shared.hpp"
+#include "tools/client/shoal_client.hpp"
+
+namespace {
+
+using namespace shoal::actors;
+using shoal::test::needs_shared;
+using shoal::test::shared_path;
+using clock_type = std::chrono::steady_clock;
+
+const char* const stories = "models/stories260K/hf";
+const char* const qwen = "models/qwen2-tiny/hf";
+
+// A one-node cluster in this process: its actors, a gateway and the metrics registry.
+class cluster {
+ public:
+  explicit cluster(gateway_options go = {}) {
+    cfg_.load<caf::io::middleman>();
+    register_message_types(cfg_);
+    sys_ = std::make_unique<caf::actor_system>(cfg_);
+
+    config_.name = "test";
+    node_spec node;
+    node.name = "n0";
+    node.roles = {"router", "gateway", "worker"};
+    config_.nodes.push_back(node);
+    add_model("stories260K", shared_path(stories));
+    if (std::filesystem::exists(shared_path(qwen))) add_model("qwen2-tiny", shared_path(qwen));
+
+    registry_ = std::make_shared<prometheus::Registry>();
+    router_ = spawn_router(*sys_, router_options{config_});
+    nm_ = spawn_node_manager(*sys_, "n0");
+    for (const auto& spec : config_.replicas) {
+      batcher_options bo;
+      bo.replica = spec;
+      bo.model = *config_.find_model(spec.model);
+      bo.router = router_;
+      bo.metrics = registry_;
+      bo.nodes = {nm_};
+      bo.node_hosts = {"127.0.0.1"};
+      bo.node_threads = {1};
+      auto b = spawn_batcher(*sys_, std::move(bo));
+      batchers_.push_back(b);
+      caf::anon_send(router_, ready_atom::value, spec.name, b);
+    }
+    for (const auto& m : config_.models) go.models.emplace_back(m.name, m.path);
+    gateway_ = start_gateway(*sys_, router_, go);
+    wait_ready();
+  }
+
+  ~cluster() {
+    gateway_->stop();
+    for (auto& b : batchers_) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(router_, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(nm_, caf::exit_reason::user_shutdown);
+  }
+
+  std::int32_t port() const { return gateway_->port(); }
+  caf::actor_system& system() { return *sys_; }
+  router_actor router() const { return router_; }
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+  bool has_qwen() const { return config_.find_model("qwen2-tiny") != nullptr; }
+
+  cluster_status status() {
+    caf::scoped_actor self{*sys_};
+    cluster_status out;
+    self->request(router_, std::chrono::seconds(5), status_atom::value)
+        .receive([&](cluster_status& s) { out = std::move(s); },
+                 [&](caf::error& e) { BOOST_FAIL("router status: " << sys_->render(e)); });
+    return out;
+  }
+
+  /// Waits until no replica runs or queues anything and every KV block is free again.
+  bool wait_idle(std::chrono::milliseconds limit) {
+    const auto deadline = clock_type::now() + limit;
+    while (clock_type::now() < deadline) {
+      auto s = status();
+      bool idle = true;
+      for (const auto& r : s.replicas)
+        idle = idle && r.running == 0 && r.waiting == 0 && r.kv_usage == 0.0;
+      if (idle) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+ private:
+  void add_model(const std::string& name, const std::string& path) {
+    config_.models.push_back(model_spec{name, path});
+    replica_spec r;
+    r.name = name + "-r0";
+    r.model = name;
+    r.tensor_parallel = {"n0"};
+    r.kv_cache_tokens = 2048;
+    config_.replicas.push_back(r);
+  }
+
+  void wait_ready() {
+    const auto deadline = clock_type::now() + std::chrono::seconds(60);
+    for (;;) {
+      auto s = status();
+      bool all = !s.replicas.empty();
+      std::string why;
+      for (const auto& r : s.replicas) {
+        all = all && r.healthy;
+        if (!r.healthy) why += r.name + ": " + r.detail + "; ";
+      }
+      if (all) return;
+      if (clock_type::now() > deadline) BOOST_FAIL("replicas did not become ready: " << why);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+  caf::actor_system_config cfg_;
+  std::unique_ptr<caf::actor_system> sys_;
+  cluster_config config_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  router_actor router_;
+  node_manager_actor nm_;
+  std::vector<batcher_actor> batchers_;
+  std::unique_ptr<gateway_server> gateway_;
+};
+
+struct golden {
+  std::string name;
+  std::string prompt;
+  std::vector<std::int32_t> prompt_ids;
+  std::vector<std::int32_t> generated_ids;
+  std::string generated_text;
+};
+
+std::vector<golden> stories_goldens() {
+  std::vector<golden> out;
+  for (const char* name : {"once_upon_a_time", "lily_and_tom", "the_cat", "empty"}) {
+    auto j = shoal::test::read_json(shared_path(std::string("golden/") + name + ".json"));
+    out.push_back({name, j["prompt"], j["prompt_ids"], j["generated_ids"], j["generated_text"]});
+  }
+  return out;
+}
+
+shoal::client::generate_params greedy(const std::string& prompt, std::int32_t max_tokens) {
+  shoal::client::generate_params p;
+  p.prompt = prompt;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;
+  p.sampling.temperature = 0.0f;
+  return p;
+}
+
+// Runs `fn`, which must throw shoal::error with `code`.
+template <class F>
+void check_refused(F&& fn, shoal::errc code, const std::string& what) {
+  try {
+    fn();
+    BOOST_ERROR(what << ": expected an error " << shoal::to_string(code) << ", got none");
+  } catch (const shoal::error& e) {
+    BOOST_TEST_MESSAGE(what << ": " << e.what());
+    BOOST_CHECK_MESSAGE(e.code() == code, what << ": expected " << shoal::to_string(code)
+                                               << ", got " << shoal::to_string(e.code()) << " ("
+                                               << e.what() << ")");
+  }
+}
+
+double metric_value(const std::string& exposition, const std::string& series_prefix) {
+  double total = 0;
+  std::size_t pos = 0;
+  while ((pos = exposition.find(series_prefix, pos)) != std::string::npos) {
+    if (pos != 0 && exposition[pos - 1] != '\n') {
+      ++pos;
+      continue;
+    }
+    const auto eol = exposition.find('\n', pos);
+    const auto line = exposition.substr(pos, eol - pos);
+    total += std::atof(line.c_str() + line.rfind(' ') + 1);
+    pos = eol;
+  }
+  return total;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(gateway)
+
+BOOST_AUTO_TEST_CASE(generate_streams_the_golden_tokens,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  for (const auto& g : stories_goldens()) {
+    std::vector<std::int32_t> ids;
+    std::string text;
+    int chunks = 0;
+    auto s = cl.generate(greedy(g.prompt, 48), [&](const shoal::client::chunk& ch) {
+      BOOST_CHECK_EQUAL(ch.index, static_cast<std::int32_t>(ids.size()));
+      ids.insert(ids.end(), ch.ids.begin(), ch.ids.end());
+      text += ch.text;
+      ++chunks;
+      return true;
+    });
+    BOOST_TEST_CONTEXT(g.name) {
+      BOOST_CHECK(ids == g.generated_ids);
+      BOOST_CHECK_EQUAL(text, g.generated_text);
+      BOOST_CHECK_EQUAL(s.finish_reason, "length");
+      BOOST_CHECK_EQUAL(s.completion_tokens, 48);
+      BOOST_CHECK_EQUAL(s.prompt_tokens, static_cast<std::int32_t>(g.prompt_ids.size()));
+      BOOST_CHECK_GT(chunks, 1);  // streamed, not one lump
+      BOOST_CHECK(!s.request_id.empty());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(complete_and_tokenize_match_the_goldens,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  for (const auto& g : stories_goldens()) {
+    BOOST_TEST_CONTEXT(g.name) {
+      auto done = cl.complete(greedy(g.prompt, 48));
+      BOOST_CHECK(done.ids == g.generated_ids);
+      BOOST_CHECK_EQUAL(done.text, g.generated_text);
+      BOOST_CHECK_EQUAL(done.info.finish_reason, "length");
+      BOOST_CHECK_EQUAL(done.request_id, done.info.request_id);
+      BOOST_CHECK(cl.tokenize(g.prompt) == g.prompt_ids);
+    }
+  }
+  // Token ids in, token ids out: the same answer as the text prompt.
+  const auto g = stories_goldens().front();
+  auto p = greedy("", 48);
+  p.prompt_ids = g.prompt_ids;
+  BOOST_CHECK(cl.complete(p).ids == g.generated_ids);
+}
+
+BOOST_AUTO_TEST_CASE(concurrent_streams_each_get_their_golden,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  const auto goldens = stories_goldens();
+  std::vector<std::thread> threads;
+  std::vector<std::vector<std::int32_t>> got(goldens.size());
+  std::vector<std::string> errors(goldens.size());
+  for (std::size_t i = 0; i < goldens.size(); ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        shoal::client::client cl("127.0.0.1", c.port());
+        cl.generate(greedy(goldens[i].prompt, 48), [&](const shoal::client::chunk& ch) {
+          got[i].insert(got[i].end(), ch.ids.begin(), ch.ids.end());
+          return true;
+        });
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < goldens.size(); ++i) {
+    BOOST_CHECK_MESSAGE(errors[i].empty(), goldens[i].name << ": " << errors[i]);
+    BOOST_CHECK_MESSAGE(got[i] == goldens[i].generated_ids,
+                        goldens[i].name << ": tokens differ from the golden");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(models_and_health, *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  auto models = cl.models();
+  BOOST_REQUIRE(!models.empty());
+  BOOST_CHECK_EQUAL(models[0].name, "stories260K");
+  BOOST_CHECK_EQUAL(models[0].context_length, 512);
+  BOOST_CHECK_EQUAL(models[0].replicas, 1);
+  BOOST_CHECK_EQUAL(models[0].healthy_replicas, 1);
+  auto h = cl.health();
+  BOOST_CHECK(h.live);
+  BOOST_CHECK(h.ready);
+  BOOST_REQUIRE(!h.replicas.empty());
+  BOOST_CHECK_EQUAL(h.replicas[0].name, "stories260K-r0");
+  BOOST_CHECK(h.replicas[0].healthy);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_mid_stream, *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  // From the chunk callback.
+  int seen = 0;
+  const auto t0 = clock_type::now();
+  auto s = cl.generate(greedy("Once upon a time", 400),
+                       [&](const shoal::client::chunk&) { return ++seen < 3; });
+  BOOST_CHECK_EQUAL(s.finish_reason, "cancelled");
+  BOOST_CHECK_LT(s.completion_tokens, 400);
+  BOOST_CHECK_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 5.0);
+  BOOST_CHECK(c.wait_idle(std::chrono::seconds(2)));
+
+  // From another thread, as a service would on its own client's behalf.
+  std::atomic<int> chunks{0};
+  std::thread canceller([&] {
+    while (chunks.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    cl.cancel();
+  });
+  s = cl.generate(greedy("The cat", 400), [&](const shoal::client::chunk&) {
+    ++chunks;
+    return true;
+  });
+  canceller.join();
+  BOOST_CHECK_EQUAL(s.finish_reason, "cancelled");
+  BOOST_CHECK_LT(s.completion_tokens, 400);
+  BOOST_CHECK(c.wait_idle(std::chrono::seconds(2)));
+
+  // The client is still good for the next request.
+  BOOST_CHECK_EQUAL(cl.complete(greedy("The cat", 4)).info.finish_reason, "length");
+}
+
+namespace {
+
+// A TokenSink that reports the first chunk, for a client that then vanishes.
+class first_chunk_sink final : public shoal::rpc::TokenSink::Server {
+ public:
+  explicit first_chunk_sink(kj::Own<kj::PromiseFulfiller<void>> first) : first_(kj::mv(first)) {}
+
+ protected:
+  kj::Promise<void> chunk(ChunkContext) override {
+    first_->fulfill();
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> done(DoneContext) override { return kj::READY_NOW; }
+
+ private:
+  kj::Own<kj::PromiseFulfiller<void>> first_;
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(dropped_connection_cancels,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  const std::string cancelled = "shoal:request_success_total{finished_reason=\"cancelled\"";
+  const double before = metric_value(render_metrics(*c.registry()), cancelled);
+  // A raw Cap'n Proto client on its own thread (its own event loop) that disconnects after the
+  // first chunk, holding the handle: only the disconnect can stop the generation.
+  std::string failure;
+  std::thread t([&] {
+    try {
+      auto io = kj::setupAsyncIo();
+      auto addr = io.provider->getNetwork()
+                      .parseAddress("127.0.0.1", static_cast<unsigned>(c.port()))
+                      .wait(io.waitScope);
+      auto stream = addr->connect().wait(io.waitScope);
+      capnp::TwoPartyClient rpc(*stream);
+      auto shoal_cap = rpc.bootstrap().castAs<shoal::rpc::Shoal>();
+      auto first = kj::newPromiseAndFulfiller<void>();
+      auto req = shoal_cap.generateRequest();
+      auto r = req.initRequest();
+      r.setPrompt("Once upon a time");
+      r.setMaxTokens(400);
+      r.setIgnoreEos(true);
+      r.initSampling().setTemperature(0.0f);
+      req.setSink(kj::heap<first_chunk_sink>(kj::mv(first.fulfiller)));
+      auto resp = req.send().wait(io.waitScope);
+      if (resp.hasError()) throw std::runtime_error(resp.getError().getMessage().cStr());
+      first.promise.wait(io.waitScope);
+      // Leaving this scope closes the socket without a word to the gateway.
+    } catch (const kj::Exception& e) {
+      failure = e.getDescription().cStr();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  });
+  t.join();
+  BOOST_REQUIRE_MESSAGE(failure.empty(), failure);
+  BOOST_CHECK_MESSAGE(c.wait_idle(std::chrono::seconds(2)),
+                      "the request still runs after its client disconnected");
+  const double after = metric_value(render_metrics(*c.registry()), cancelled);
+  BOOST_CHECK_EQUAL(after, before + 1);
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_refused_and_serving_goes_on,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  using shoal::errc;
+
+  auto p = greedy("Once upon a time", 8);
+  p.model = "no-such-model";
+  check_refused([&] { cl.generate(p); }, errc::not_found, "unknown model");
+  check_refused([&] { cl.complete(p); }, errc::not_found, "unknown model (complete)");
+  check_refused([&] { cl.tokenize("hi", "no-such-model"); }, errc::not_found,
+                "unknown model (tokenize)");
+
+  p = greedy("Once upon a time", 8);
+  p.sampling.temperature = std::numeric_limits<float>::quiet_NaN();
+  check_refused([&] { cl.generate(p); }, errc::invalid_argument, "NaN temperature");
+  p.sampling.temperature = -1.0f;
+  check_refused([&] { cl.complete(p); }, errc::invalid_argument, "negative temperature");
+  p = greedy("Once upon a time", 8);
+  p.sampling.top_p = 0.0f;
+  check_refused([&] { cl.generate(p); }, errc::invalid_argument, "top_p 0");
+
+  p = greedy("Once upon a time", 600);
+  check_refused([&] { cl.generate(p); }, errc::out_of_range, "max_tokens beyond the context");
+  std::string long_prompt;
+  while (long_prompt.size() < 8000) long_prompt += "Once upon a time there was a cat. ";
+  check_refused([&] { cl.generate(greedy(long_prompt, 8)); }, errc::out_of_range,
+                "prompt longer than the context");
+  p = greedy("", 8);
+  p.prompt_ids = {1, 99999};
+  check_refused([&] { cl.generate(p); }, errc::invalid_argument, "token id outside the vocabulary");
+  check_refused([&] { cl.generate(greedy(std::string(1536 * 1024, 'a'), 8)); }, errc::out_of_range,
+                "prompt above the gateway's byte limit");
+
+  // Above the 64 MiB message limit: the call fails and only this connection is closed.
+  check_refused([&] { cl.generate(greedy(std::string(70 << 20, 'a'), 8)); }, errc::out_of_range,
+                "message above the size limit");
+  shoal::client::client other("127.0.0.1", c.port());
+  BOOST_CHECK_EQUAL(other.complete(greedy("The cat", 4)).info.finish_reason, "length");
+  // ... and the refused client connects again.
+  BOOST_CHECK_EQUAL(cl.complete(greedy("The cat", 4)).info.finish_reason, "length");
+}
+
+BOOST_AUTO_TEST_CASE(server_side_message_limit,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  // A gateway with a 256 KiB message limit, below what the client allows itself to send: the
+  // server must be the one refusing.
+  gateway_options go;
+  go.max_message_words = 32 << 10;
+  cluster c(go);
+  shoal::client::client cl("127.0.0.1", c.port());
+  try {
+    cl.generate(greedy(std::string(512 << 10, 'a'), 8));
+    BOOST_ERROR("a 512 KiB message passed a 256 KiB limit");
+  } catch (const shoal::error& e) {
+    BOOST_TEST_MESSAGE("over the server's limit: " << e.what());
+  }
+  shoal::client::client other("127.0.0.1", c.port());
+  BOOST_CHECK(other.health().live);
+  BOOST_CHECK_EQUAL(other.complete(greedy("The cat", 4)).info.finish_reason, "length");
+}
+
+BOOST_AUTO_TEST_CASE(chat_renders_the_model_template,
+                     *boost::unit_test::precondition(needs_shared{stories}) *
+                         boost::unit_test::precondition(needs_shared{qwen})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  shoal::client::chat_params chat;
+  chat.messages = {{"system", "You are terse."}, {"user", "What is the capital of France?"}};
+  chat.generation = greedy("", 16);
+  chat.generation.model = "qwen2-tiny";
+  std::vector<std::int32_t> via_chat;
+  auto s = cl.chat(chat, [&](const shoal::client::chunk& ch) {
+    via_chat.insert(via_chat.end(), ch.ids.begin(), ch.ids.end());
+    return true;
+  });
+  BOOST_CHECK_EQUAL(s.finish_reason, "length");
+
+  // The same text rendered here with the engine's template renderer, sent as a plain prompt.
+  auto tok = shoal::load_model_tokenizer(shared_path(qwen));
+  shoal::chat_template_vars vars;
+  vars.messages = nlohmann::ordered_json::array(
+      {{{"role", "system"}, {"content", "You are terse."}},
+       {{"role", "user"}, {"content", "What is the capital of France?"}}});
+  vars.add_generation_prompt = true;
+  vars.bos_token = tok->bos_token();
+  vars.eos_token = tok->eos_token();
+  auto p = greedy(shoal::render_chat_template(*tok->chat_template(), vars), 16);
+  p.model = "qwen2-tiny";
+  p.add_special = false;
+  BOOST_CHECK(cl.complete(p).ids == via_chat);
+  BOOST_CHECK_EQUAL(s.prompt_tokens,
+                    static_cast<std::int32_t>(cl.tokenize(p.prompt, "qwen2-tiny", false).size()));
+
+  // The same chat as a JSON array (how clients pass fields beyond role and content).
+  shoal::client::chat_params as_json;
+  as_json.messages_json = R"([{"role": "system", "content": "You are terse."},)"
+                          R"( {"role": "user", "content": "What is the capital of France?"}])";
+  as_json.generation = chat.generation;
+  std::vector<std::int32_t> via_json;
+  cl.chat(as_json, [&](const shoal::client::chunk& ch) {
+    via_json.insert(via_json.end(), ch.ids.begin(), ch.ids.end());
+    return true;
+  });
+  BOOST_CHECK(via_json == via_chat);
+  as_json.messages_json = "[{\"role\": ";
+  check_refused([&] { cl.chat(as_json); }, shoal::errc::invalid_argument, "malformed chat JSON");
+
+  // stories260K has no chat template.
+  chat.generation.model = "stories260K";
+  check_refused([&] { cl.chat(chat); }, shoal::errc::unsupported, "model without a chat template");
+  chat.messages.clear();
+  chat.generation.model = "qwen2-tiny";
+  check_refused([&] { cl.chat(chat); }, shoal::errc::invalid_argument, "empty chat");
+}
+
+BOOST_AUTO_TEST_CASE(metrics_endpoint_shows_serving_series,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  cluster c;
+  shoal::client::client cl("127.0.0.1", c.port());
+  cl.complete(greedy("Once upon a time", 48));
+  auto server = start_metrics_server("127.0.0.1", 0, c.registry());
+  auto r = shoal::test::http_get("127.0.0.1", server->port(), "/metrics");
+  BOOST_CHECK_EQUAL(r.status, 200);
+  for (const char* name :
+       {"shoal:num_requests_running", "shoal:num_requests_waiting", "shoal:kv_cache_usage_perc",
+        "shoal:prompt_tokens_total", "shoal:generation_tokens_total",
+        "shoal:time_to_first_token_seconds_bucket", "shoal:time_per_output_token_seconds_bucket",
+        "shoal:e2e_request_latency_seconds_bucket", "shoal:request_success_total",
+        "shoal:num_preemptions_total"}) {
+    BOOST_CHECK_MESSAGE(r.body.find(std::string("\n") + name) != std::string::npos,
+                        name << " is missing from /metrics");
+  }
+  BOOST_CHECK_GE(metric_value(r.body, "shoal:generation_tokens_total{model_name=\"stories260K\""),
+                 48.0);
+  server->stop();
+}
+
+BOOST_AUTO_TEST_CASE(stop_with_streams_in_flight,
+                     *boost::unit_test::precondition(needs_shared{stories})) {
+  // Stopping the gateway mid-stream cancels the generation and the client hears so: a
+  // "cancelled" summary (or, at worst, a lost connection), never a hang.
+  auto c = std::make_unique<cluster>();
+  std::string outcome;
+  std::atomic<bool> streaming{false};
+  std::thread t([&] {
+    try {
+      shoal::client::client cl("127.0.0.1", c->port());
+      outcome = cl.generate(greedy("Once upon a time", 400), [&](const shoal::client::chunk&) {
+                    streaming = true;
+                    return true;
+                  }).finish_reason;
+    } catch (const shoal::error& e) {
+      outcome = std::string(shoal::to_string(e.code())) + ": " + e.what();
+    }
+  });
+  while (!streaming) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const auto t0 = clock_type::now();
+  c.reset();
+  t.join();
+  BOOST_TEST_MESSAGE("client saw: " << outcome);
+  BOOST_CHECK_MESSAGE(outcome == "cancelled" || outcome.rfind("unavailable", 0) == 0, outcome);
+  BOOST_CHECK_LT(std::chrono::duration<double>(clock_type::now() - t0).count(), 5.0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

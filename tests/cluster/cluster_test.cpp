@@ -1,0 +1,201 @@
+// The cluster runtime with real processes on loopback: router, batcher and shard workers in
+// separate `shoal node` processes, requests through the Cap'n Proto gateway.
+
+#include <boost/test/unit_test.hpp>
+#include <atomic>
+#include <thread>
+
+#include "engine/model/model.hpp"
+#include "engine/runner/generate.hpp"
+#include "tests/support/local_cluster.hpp"
+#include "tests/support/shared.hpp"
+
+using shoal::test::local_cluster;
+using shoal::test::needs_shared;
+using shoal::test::read_json;
+using shoal::test::shared_path;
+
+namespace {
+
+const char* kStories = "models/stories260K/hf";
+
+shoal::client::generate_params greedy(const std::vector<std::int32_t>& ids, int n) {
+  shoal::client::generate_params p;
+  p.prompt_ids = ids;
+  p.sampling.temperature = 0;
+  p.max_tokens = n;
+  p.ignore_eos = true;
+  return p;
+}
+
+std::vector<std::int32_t> generate_ids(shoal::client::client& c, const shoal::client::generate_params& p) {
+  std::vector<std::int32_t> ids;
+  c.generate(p, [&](const shoal::client::chunk& ch) {
+    ids.insert(ids.end(), ch.ids.begin(), ch.ids.end());
+    return true;
+  });
+  return ids;
+}
+
+void check_goldens(int rpc_port) {
+  shoal::client::client c("127.0.0.1", rpc_port);
+  auto prompts = read_json(shared_path("golden/prompts.json"));
+  for (auto& p : prompts["prompts"]) {
+    auto g = read_json(shared_path("golden/" + p["name"].get<std::string>() + ".json"));
+    auto want = g["generated_ids"].get<std::vector<std::int32_t>>();
+    std::string text;
+    std::vector<std::int32_t> ids;
+    auto sum = c.generate(greedy(g["prompt_ids"], 48), [&](const shoal::client::chunk& ch) {
+      ids.insert(ids.end(), ch.ids.begin(), ch.ids.end());
+      text += ch.text;
+      return true;
+    });
+    BOOST_TEST(ids == want, boost::test_tools::per_element());
+    BOOST_TEST(text == g["generated_text"].get<std::string>());
+    BOOST_TEST(sum.finish_reason == "length");
+  }
+}
+
+// What the engine alone produces for a prompt (the reference for batched results).
+std::vector<std::int32_t> alone(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n) {
+  auto be = shoal::kernels::make_reference_backend();
+  shoal::model_runner r(m, *be, {}, nullptr, {});
+  shoal::generation_options o;
+  o.sampling.temperature = 0;
+  o.max_tokens = n;
+  o.ignore_eos = true;
+  return shoal::generate(r, prompt, o).generated_ids;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cluster)
+
+BOOST_AUTO_TEST_CASE(one_node_goldens_and_concurrency, *boost::unit_test::precondition(needs_shared{kStories})) {
+  local_cluster cl(shared_path(kStories), {{"main", {"router", "gateway", "worker"}, 2}},
+                   {{"r0", {"main"}, 8192, 32, 256, 256}});
+  cl.wait_ready();
+  check_goldens(cl.rpc_port());
+
+  // 16 concurrent requests with different prompts and lengths: each as if alone.
+  auto m = shoal::model::load(shared_path(kStories));
+  const std::vector<std::string> texts = {"Once upon a time", "The cat", "Lily and Tom went to the park",
+                                          "A little bird", "Tim had a red ball", "One day", "The sun was",
+                                          "Sam and his dog"};
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<int> lengths;
+  for (int i = 0; i < 16; ++i) {
+    auto ids = m->tok().encode(texts[i % texts.size()] + (i >= 8 ? " and then" : ""));
+    prompts.push_back(ids);
+    lengths.push_back(10 + 7 * i);
+  }
+  std::vector<std::vector<std::int32_t>> got(16);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 16; ++i) {
+    ts.emplace_back([&, i] {
+      shoal::client::client c("127.0.0.1", cl.rpc_port());
+      got[i] = generate_ids(c, greedy(prompts[i], lengths[i]));
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < 16; ++i) {
+    BOOST_TEST(got[i] == alone(*m, prompts[i], lengths[i]), "request " << i);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(cancel_frees_blocks, *boost::unit_test::precondition(needs_shared{kStories})) {
+  local_cluster cl(shared_path(kStories), {{"main", {"router", "gateway", "worker"}, 1}}, {{"r0", {"main"}, 4096, 8, 64, 64}});
+  cl.wait_ready();
+  shoal::client::client c("127.0.0.1", cl.rpc_port());
+  int seen = 0;
+  auto p = greedy({1, 403}, 400);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto sum = c.generate(p, [&](const shoal::client::chunk& ch) {
+    seen += static_cast<int>(ch.ids.size());
+    return seen < 5;  // cancel after 5 tokens
+  });
+  BOOST_TEST(sum.finish_reason == "cancelled");
+  BOOST_TEST(seen < 20, "tokens after cancel: " << seen);
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)));
+  // Its KV blocks are back in the pool.
+  double usage = 1;
+  for (int i = 0; i < 50 && usage > 0; ++i) {
+    auto h = c.health();
+    usage = h.replicas.at(0).kv_usage;
+    if (usage > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  BOOST_TEST(usage == 0.0);
+}
+
+BOOST_AUTO_TEST_CASE(tensor_parallel_across_three_processes, *boost::unit_test::precondition(needs_shared{kStories})) {
+  local_cluster cl(shared_path(kStories),
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}},
+                   {{"tp2", {"wa", "wb"}, 4096, 32, 256, 256}});
+  cl.wait_ready(90);
+  check_goldens(cl.rpc_port());
+}
+
+BOOST_AUTO_TEST_CASE(killed_worker_fails_its_requests_not_others) {
+  // A ~26M-parameter random model decodes slowly enough that streams are surely in flight when the
+  // worker dies (stories260K finishes 480 tokens in a few hundred milliseconds).
+  shoal::test::temp_dir models;
+  auto made = shoal::test::run_shoal({"make-model", "--shape", "small", "--dtype", "bf16", "--out", models / "small"});
+  BOOST_REQUIRE_MESSAGE(made.status == 0, made.err);
+  local_cluster cl(models / "small",
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}},
+                   {{"ra", {"wa"}, 4096, 32, 256, 256}, {"rb", {"wb"}, 4096, 32, 256, 256}});
+  cl.wait_ready(90);
+  // Long streams on both replicas (round robin puts consecutive requests on different replicas).
+  std::atomic<int> errors{0}, finished{0};
+  // 12 concurrent 480-token streams keep both replicas busy for well over the 300 ms before the kill.
+  constexpr int kStreams = 12;
+  std::vector<std::string> reasons(kStreams);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < kStreams; ++i) {
+    ts.emplace_back([&, i] {
+      shoal::client::client c("127.0.0.1", cl.rpc_port());
+      try {
+        auto s = c.generate(greedy({1, 403}, 480));
+        reasons[i] = s.finish_reason;
+        ++finished;
+      } catch (const shoal::error& e) {
+        reasons[i] = std::string("error: ") + e.what();
+        ++errors;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t_kill = std::chrono::steady_clock::now();
+  cl.kill_node("wb");
+  for (auto& t : ts) t.join();
+  BOOST_TEST((std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(30)));
+  BOOST_TEST(errors.load() >= 1, "no request failed after its worker died");
+  BOOST_TEST(finished.load() >= 1, "requests on the healthy replica did not finish");
+  for (auto& r : reasons) BOOST_TEST_MESSAGE("outcome: " << r);
+  shoal::client::client c("127.0.0.1", cl.rpc_port());
+  auto h = c.health();
+  for (auto& r : h.replicas) {
+    if (r.name == "rb") BOOST_TEST(!r.healthy);
+    if (r.name == "ra") BOOST_TEST(r.healthy);
+  }
+  // New requests all go to the healthy replica and succeed.
+  for (int i = 0; i < 4; ++i) {
+    auto s = c.generate(greedy({1, 403}, 4));
+    BOOST_TEST(s.replica == "ra");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(up_names_an_unreachable_node) {
+  shoal::test::temp_dir d;
+  d.write("c.yaml",
+          "cluster: x\nmodels:\n  - name: m\n    path: /nonexistent\nnodes:\n"
+          "  - name: front\n    host: 127.0.0.1\n    port: 7799\n    rpc_port: 7798\n    roles: [router, gateway]\n"
+          "  - name: far\n    host: 10.255.255.1\n    port: 7797\n    roles: [worker]\n"
+          "replicas:\n  - name: r\n    tensor_parallel: [far]\n");
+  auto r = shoal::test::run_shoal({"up", "--config", d / "c.yaml", "--timeout", "10"});
+  BOOST_TEST(r.status != 0);
+  BOOST_TEST(r.err.find("far") != std::string::npos, r.err);
+  BOOST_TEST(r.err.find("10.255.255.1") != std::string::npos, r.err);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,168 @@
+#pragma once
+// Starts a real multi-process Shoal cluster on 127.0.0.1 for a test: writes a cluster YAML with
+// free ports, runs one `shoal node` process per node, waits until the gateway reports ready, and
+// stops every process when it goes out of scope.
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tools/client/shoal_client.hpp"
+
+extern char** environ;
+
+namespace shoal::test {
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+inline int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+struct node_def {
+  std::string name;
+  std::vector<std::string> roles;
+  int threads = 1;
+};
+
+struct replica_def {
+  std::string name;
+  std::vector<std::string> tp;
+  int kv_cache_tokens = 4096;
+  int max_running = 32;
+  int token_budget = 256;
+  int max_waiting = 256;
+};
+
+class local_cluster {
+ public:
+  local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas)
+      : nodes_(std::move(nodes)) {
+    std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path + "\nnodes:\n";
+    for (auto& n : nodes_) {
+      ports_[n.name] = free_port();
+      y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
+      for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
+      y += "]\n    threads: " + std::to_string(n.threads) + "\n";
+      metrics_ports_[n.name] = free_port();
+      y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
+      for (auto& r : n.roles) {
+        if (r == "gateway") {
+          rpc_port_ = free_port();
+          y += "    rpc_port: " + std::to_string(rpc_port_) + "\n";
+        }
+      }
+    }
+    y += "replicas:\n";
+    for (auto& r : replicas) {
+      y += "  - name: " + r.name + "\n    model: m\n    tensor_parallel: [";
+      for (std::size_t i = 0; i < r.tp.size(); ++i) y += (i ? ", " : "") + r.tp[i];
+      y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
+           std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
+           "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n";
+    }
+    dir_.write("cluster.yaml", y);
+    // Worker-only nodes first, like `shoal up`.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (auto& n : nodes_) {
+        const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
+        if (router != (pass == 1)) continue;
+        start(n.name);
+      }
+    }
+  }
+
+  ~local_cluster() {
+    for (auto& [name, pid] : pids_) {
+      if (pid > 0) ::kill(pid, SIGTERM);
+    }
+    for (auto& [name, pid] : pids_) {
+      if (pid <= 0) continue;
+      int status = 0;
+      for (int i = 0; i < 100 && ::waitpid(pid, &status, WNOHANG) == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+    }
+  }
+
+  std::string config_path() const { return dir_ / "cluster.yaml"; }
+  int rpc_port() const { return rpc_port_; }
+  int metrics_port(const std::string& node) const { return metrics_ports_.at(node); }
+  pid_t pid(const std::string& node) const { return pids_.at(node); }
+
+  /// Waits until health says ready and every replica is healthy (or throws with the last detail).
+  void wait_ready(int timeout_s = 60) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    std::string detail = "no answer";
+    for (;;) {
+      try {
+        client::client c("127.0.0.1", rpc_port_);
+        auto h = c.health();
+        bool all = !h.replicas.empty();
+        for (auto& r : h.replicas) all = all && r.healthy;
+        if (h.ready && all) return;
+        detail = h.detail;
+        for (auto& r : h.replicas) detail += "; " + r.name + ": " + r.detail;
+      } catch (const std::exception& e) {
+        detail = e.what();
+      }
+      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("cluster not ready: " + detail);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  /// SIGKILLs one node's process (a crash, not a shutdown).
+  void kill_node(const std::string& node) {
+    ::kill(pids_.at(node), SIGKILL);
+    int status = 0;
+    ::waitpid(pids_.at(node), &status, 0);
+    pids_[node] = -1;
+  }
+
+ private:
+  void start(const std::string& name) {
+    std::vector<std::string> args = {shoal_bin(), "node", "--config", config_path(), "--name", name};
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    const std::string log = dir_ / (name + ".log");
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    ::posix_spawn(&pid, args[0].c_str(), &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    pids_[name] = pid;
+  }
+
+  temp_dir dir_;
+  std::vector<node_def> nodes_;
+  std::map<std::string, int> ports_;
+  std::map<std::string, int> metrics_ports_;
+  std::map<std::string, pid_t> pids_;
+  int rpc_port_ = 0;
+};
+
+}  // namespace shoal::test
