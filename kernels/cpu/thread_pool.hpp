@@ -23,8 +23,9 @@ class thread_pool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  /// Calls fn(thread_index, begin, end) on `size()` contiguous slices of [0, n), each slice start a
-  /// multiple of `granule`; returns when all are done. Not reentrant: one loop at a time.
+  /// Calls fn(thread_index, begin, end) on contiguous chunks covering [0, n) exactly once, each
+  /// chunk start a multiple of `granule`, the threads taking chunks as they finish the previous one;
+  /// returns when all are done. Not reentrant: one loop at a time.
   void parallel_for(std::int64_t n, std::int64_t granule,
                     const std::function<void(int, std::int64_t, std::int64_t)>& fn);
 
@@ -36,6 +37,8 @@ class thread_pool {
   const std::function<void(int, std::int64_t, std::int64_t)>* job_ = nullptr;
   std::int64_t n_ = 0;
   std::int64_t granule_ = 1;
+  std::int64_t chunk_ = 1;
+  std::atomic<std::int64_t> next_{0};
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
