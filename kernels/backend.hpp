@@ -95,6 +95,8 @@ class backend {
   virtual void silu_mul(float* gate, const float* up, std::int64_t n) = 0;
   /// y[i] += x[i].
   virtual void add(float* y, const float* x, std::int64_t n) = 0;
+  /// A hint that no op follows soon (end of a forward pass): threaded backends stop spinning.
+  virtual void idle() {}
 };
 
 /// The plain F32 reference: simple loops, single-threaded, the yardstick for every fast kernel.

@@ -155,6 +155,7 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
   be_.rmsnorm(rows_.data(), W.out_norm.data(), c.rms_norm_eps, nl, H, xn_.data());
   logits.resize(nl * c.vocab_size);
   be_.matmul(W.lm_head.m, xn_.data(), nl, logits.data());
+  be_.idle();
 }
 
 }  // namespace shoal

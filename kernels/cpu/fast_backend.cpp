@@ -164,6 +164,8 @@ class fast_backend final : public backend {
     for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
 
+  void idle() override { pool_.park(); }
+
  private:
   cpu::thread_pool pool_;
   isa level_;

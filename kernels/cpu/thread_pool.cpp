@@ -52,6 +52,7 @@ void thread_pool::parallel_for(std::int64_t n, std::int64_t granule,
     if (n > 0) fn(0, 0, n);
     return;
   }
+  parked_.store(false, std::memory_order_relaxed);
   job_ = &fn;
   n_ = n;
   granule_ = std::max<std::int64_t>(granule, 1);
@@ -77,6 +78,8 @@ void thread_pool::parallel_for(std::int64_t n, std::int64_t granule,
   job_ = nullptr;
 }
 
+void thread_pool::park() { parked_.store(true, std::memory_order_relaxed); }
+
 void thread_pool::worker_main(int index) {
   std::uint64_t seen = 0;
   for (;;) {
@@ -86,7 +89,7 @@ void thread_pool::worker_main(int index) {
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
       cpu_relax();
       if (++polls % 256 == 0) std::this_thread::yield();
-      if (polls % 256 == 0 && std::chrono::steady_clock::now() > spin_until) {
+      if (polls % 256 == 0 && (parked_.load(std::memory_order_relaxed) || std::chrono::steady_clock::now() > spin_until)) {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
       }

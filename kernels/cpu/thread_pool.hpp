@@ -28,6 +28,9 @@ class thread_pool {
   /// returns when all are done. Not reentrant: one loop at a time.
   void parallel_for(std::int64_t n, std::int64_t granule,
                     const std::function<void(int, std::int64_t, std::int64_t)>& fn);
+  /// Lets idle workers sleep now instead of spinning: call when no loop will follow soon (the end of
+  /// a forward pass), so a server's other threads get the cores between steps.
+  void park();
 
  private:
   void worker_main(int index);
@@ -42,6 +45,7 @@ class thread_pool {
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> parked_{false};
   std::mutex mutex_;
   std::condition_variable wake_;
 };
