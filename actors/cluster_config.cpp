@@ -121,6 +121,12 @@ cluster_config cluster_config::load(const std::string& path) {
     if (s.kind != "generate" && s.kind != "score" && s.kind != "embed") fail("replica '" + s.name + "' has unknown kind '" + s.kind + "'");
     c.replicas.push_back(s);
   }
+  c.auth = auth_config::from_yaml(root, path);
+  for (const auto& t : c.auth.tenants) {
+    for (const auto& m : t.models) {
+      if (!c.find_model(m)) fail("tenant '" + t.name + "' allows unknown model '" + m + "'");
+    }
+  }
   if (root["router"]) {
     c.router.kv_threshold = get<double>(root["router"], "kv_threshold", 0.85, path + " router");
     if (!(c.router.kv_threshold > 0 && c.router.kv_threshold <= 1)) fail("router.kv_threshold must be in (0, 1]");

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "actors/auth.hpp"
+
 namespace shoal::actors {
 
 struct node_spec {
@@ -52,6 +54,7 @@ struct cluster_config {
   std::vector<model_spec> models;
   std::vector<replica_spec> replicas;
   router_spec router;
+  auth_config auth;  // tenants, keys, domains, limits (sections auth, tenants, domains)
 
   /// Loads and validates; throws shoal::error naming the file and the problem.
   static cluster_config load(const std::string& path);

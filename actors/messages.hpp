@@ -32,6 +32,8 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using finished_atom = caf::atom_constant<caf::atom("finished")>;
+using open_atom = caf::atom_constant<caf::atom("open")>;
 
 /// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
 struct sampling_spec {
@@ -105,15 +107,22 @@ struct generate_request {
   bool ignore_eos = false;
   std::vector<std::string> stop;
   std::vector<std::int32_t> stop_ids;
-  std::int32_t priority = 0;         // higher is scheduled first
+  std::int32_t priority = 0;         // higher is scheduled first (capped by the key's role)
   sink_actor sink;
+  // Who and where: the router authenticates api_key (then clears it) and fills the rest.
+  std::string api_key;               // "" = anonymous (allowed only when auth is not required)
+  std::string client_address;        // the caller's address as the front door saw it
+  std::string api_method;            // e.g. rpc.generate, http.chat.completions
+  std::string tenant;                // set by the router
+  std::string principal;             // set by the router
+  std::string domain;                // set by the router: public | business | sensitive
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.id, x.model, x.kind, x.prompt, x.prompt_ids,
            x.add_special, x.parse_special, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
-           x.priority, x.sink);
+           x.priority, x.sink, x.api_key, x.client_address, x.api_method, x.tenant, x.principal, x.domain);
 }
 
 /// The answer to a generate request: accepted (tokens will stream) or refused with a reason.

@@ -12,6 +12,9 @@ const char* to_string(errc code) {
     case errc::unavailable: return "unavailable";
     case errc::overloaded: return "overloaded";
     case errc::cancelled: return "cancelled";
+    case errc::unauthenticated: return "unauthenticated";
+    case errc::forbidden: return "forbidden";
+    case errc::rate_limited: return "rate_limited";
     case errc::internal: return "internal";
   }
   return "unknown";

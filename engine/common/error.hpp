@@ -17,6 +17,9 @@ enum class errc {
   unavailable,       // a peer, node or replica that should answer does not (down, timed out)
   overloaded,        // a queue or capacity limit refused new work; retry later
   cancelled,         // the caller withdrew the request
+  unauthenticated,   // no valid credentials (an unknown or missing API key)
+  forbidden,         // the principal may not do this (domain policy, a blocking rule)
+  rate_limited,      // the tenant is over a configured rate or concurrency limit
   internal,          // a bug: an invariant did not hold
 };
 

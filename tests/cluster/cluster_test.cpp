@@ -147,31 +147,38 @@ BOOST_AUTO_TEST_CASE(killed_worker_fails_its_requests_not_others) {
   cl.wait_ready(90);
   // Long streams on both replicas (round robin puts consecutive requests on different replicas).
   std::atomic<int> errors{0}, finished{0};
-  // 12 concurrent 480-token streams keep both replicas busy for well over the 300 ms before the kill.
+  // 12 concurrent 200-token streams keep both replicas busy past the kill 300 ms in.
   constexpr int kStreams = 12;
   std::vector<std::string> reasons(kStreams);
+  std::vector<std::chrono::steady_clock::time_point> ended(kStreams);
+  std::vector<bool> failed(kStreams, false);
   std::vector<std::thread> ts;
   for (int i = 0; i < kStreams; ++i) {
     ts.emplace_back([&, i] {
       shoal::client::client c("127.0.0.1", cl.rpc_port());
       try {
-        auto s = c.generate(greedy({1, 403}, 480));
+        auto s = c.generate(greedy({1, 403}, 200));
         reasons[i] = s.finish_reason;
         ++finished;
       } catch (const shoal::error& e) {
         reasons[i] = std::string("error: ") + e.what();
+        failed[i] = true;
         ++errors;
       }
+      ended[i] = std::chrono::steady_clock::now();
     });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const auto t_kill = std::chrono::steady_clock::now();
   cl.kill_node("wb");
   for (auto& t : ts) t.join();
-  BOOST_TEST((std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(30)));
   BOOST_TEST(errors.load() >= 1, "no request failed after its worker died");
   BOOST_TEST(finished.load() >= 1, "requests on the healthy replica did not finish");
-  for (auto& r : reasons) BOOST_TEST_MESSAGE("outcome: " << r);
+  for (int i = 0; i < kStreams; ++i) {
+    BOOST_TEST_MESSAGE("outcome: " << reasons[i]);
+    // The dead replica's streams end with an explicit error within seconds, not a hang.
+    if (failed[i]) BOOST_TEST((ended[i] - t_kill < std::chrono::seconds(20)), "stream " << i << " ended late");
+  }
   shoal::client::client c("127.0.0.1", cl.rpc_port());
   auto h = c.health();
   for (auto& r : h.replicas) {

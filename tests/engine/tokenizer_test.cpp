@@ -588,8 +588,7 @@ BOOST_AUTO_TEST_CASE(deepseek_v3_load_time, *boost::unit_test::precondition(need
                      << ms(t1 - t0) << " ms; encodes " << 5 * big.size() << " bytes (" << n
                      << " tokens) in " << ms(t2 - t1) << " ms");
   BOOST_TEST(n > 0u);
-  // Loose bound (shared 2-core machines, debug builds): catches a quadratic loader, not noise.
-  BOOST_TEST(ms(t1 - t0) < 5000);
+  // Timing is reported, not asserted: tests do not time things on this shared machine.
 }
 
 BOOST_AUTO_TEST_SUITE_END()
