@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "actors/yaml_util.hpp"
 #include "engine/common/error.hpp"
 
 namespace shoal::actors {
@@ -57,23 +58,8 @@ domain_policy default_policy(data_domain d) {
   return p;
 }
 
-template <class T>
-T get(const YAML::Node& n, const char* key, T fallback, const std::string& where) {
-  if (!n[key]) return fallback;
-  try {
-    return n[key].as<T>();
-  } catch (const YAML::Exception&) {
-    throw error(errc::invalid_argument, where + ": '" + key + "' has the wrong type");
-  }
-}
-
-std::vector<std::string> get_list(const YAML::Node& n, const char* key, const std::string& where) {
-  std::vector<std::string> out;
-  if (!n[key]) return out;
-  if (!n[key].IsSequence()) throw error(errc::invalid_argument, where + ": '" + key + "' must be a list");
-  for (const auto& v : n[key]) out.push_back(v.as<std::string>());
-  return out;
-}
+using yaml::get;
+using yaml::get_list;
 
 }  // namespace
 

@@ -1,5 +1,7 @@
 #include "actors/cluster_config.hpp"
 
+#include "actors/yaml_util.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -10,19 +12,7 @@
 
 namespace shoal::actors {
 
-namespace {
-
-template <class T>
-T get(const YAML::Node& n, const char* key, T fallback, const std::string& where) {
-  if (!n[key]) return fallback;
-  try {
-    return n[key].as<T>();
-  } catch (const YAML::Exception&) {
-    throw error(errc::invalid_argument, where + ": '" + key + "' has the wrong type");
-  }
-}
-
-}  // namespace
+using yaml::get;
 
 bool node_spec::has_role(const std::string& r) const { return std::find(roles.begin(), roles.end(), r) != roles.end(); }
 
@@ -122,6 +112,7 @@ cluster_config cluster_config::load(const std::string& path) {
     c.replicas.push_back(s);
   }
   c.auth = auth_config::from_yaml(root, path);
+  c.governance = governance_spec::from_yaml(root, path);
   for (const auto& t : c.auth.tenants) {
     for (const auto& m : t.models) {
       if (!c.find_model(m)) fail("tenant '" + t.name + "' allows unknown model '" + m + "'");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "actors/auth.hpp"
+#include "actors/governance.hpp"
 
 namespace shoal::actors {
 
@@ -55,6 +56,7 @@ struct cluster_config {
   std::vector<replica_spec> replicas;
   router_spec router;
   auth_config auth;  // tenants, keys, domains, limits (sections auth, tenants, domains)
+  governance_spec governance;  // answer cache, audit store, alert rules, PII patterns
 
   /// Loads and validates; throws shoal::error naming the file and the problem.
   static cluster_config load(const std::string& path);

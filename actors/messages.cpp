@@ -1,6 +1,8 @@
 #include "actors/messages.hpp"
 
+#include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
+#include "actors/cache.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/shard_worker.hpp"
 
@@ -17,6 +19,8 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<replica_stats>("shoal::replica_stats");
   cfg.add_message_type<std::vector<replica_stats>>("std::vector<shoal::replica_stats>");
   cfg.add_message_type<cluster_status>("shoal::cluster_status");
+  cfg.add_message_type<admin_request>("shoal::admin_request");
+  cfg.add_message_type<admin_result>("shoal::admin_result");
   cfg.add_message_type<shard_setup>("shoal::shard_setup");
   cfg.add_message_type<seq_setup>("shoal::seq_setup");
   cfg.add_message_type<std::vector<seq_setup>>("std::vector<shoal::seq_setup>");
@@ -31,6 +35,8 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<node_manager_actor>("shoal::node_manager_actor");
   cfg.add_message_type<batcher_actor>("shoal::batcher_actor");
   cfg.add_message_type<stats_listener>("shoal::stats_listener");
+  cfg.add_message_type<cache_actor>("shoal::cache_actor");
+  cfg.add_message_type<auditor_actor>("shoal::auditor_actor");
 }
 
 }  // namespace shoal::actors

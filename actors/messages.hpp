@@ -34,6 +34,16 @@ using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using finished_atom = caf::atom_constant<caf::atom("finished")>;
 using open_atom = caf::atom_constant<caf::atom("open")>;
+// Governance: answer cache, audit store, administrative operations.
+using lookup_atom = caf::atom_constant<caf::atom("lookup")>;
+using store_atom = caf::atom_constant<caf::atom("store")>;
+using purge_atom = caf::atom_constant<caf::atom("purge")>;
+using audit_atom = caf::atom_constant<caf::atom("audit")>;
+using query_atom = caf::atom_constant<caf::atom("query")>;
+using block_atom = caf::atom_constant<caf::atom("block")>;
+using unblock_atom = caf::atom_constant<caf::atom("unblock")>;
+using blocks_atom = caf::atom_constant<caf::atom("blocks")>;
+using admin_atom = caf::atom_constant<caf::atom("admin")>;
 
 /// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
 struct sampling_spec {
@@ -189,6 +199,39 @@ struct cluster_status {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cluster_status& x) {
   return f(caf::meta::type_name("cluster_status"), x.ready, x.detail, x.replicas, x.models);
+}
+
+/// An administrative operation through the router (any front door): read the audit log, export it,
+/// list or lift blocks, purge a tenant's cached answers. Every one is itself audited; non-admin keys
+/// see only their own tenant's records.
+struct admin_request {
+  std::string api_key;
+  std::string op;              // query | export | blocks | unblock | purge_cache
+  std::string tenant;          // filter / target tenant ("" = the caller's own for non-admins)
+  std::string principal;       // filter, or the principal to unblock
+  std::string operation;       // filter: the audited operation (generate, export, ...)
+  std::string since, until;    // filter: ISO-8601 UTC, inclusive
+  std::uint64_t limit = 0;     // at most this many records (0: all)
+  std::string client_address;  // as the front door saw it
+  std::string api_method;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, admin_request& x) {
+  return f(caf::meta::type_name("admin_request"), x.api_key, x.op, x.tenant, x.principal, x.operation, x.since,
+           x.until, x.limit, x.client_address, x.api_method);
+}
+
+struct admin_result {
+  bool ok = false;
+  std::string error_code;
+  std::string error_message;
+  std::vector<std::string> lines;  // JSON lines (records, blocks) or one summary line
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, admin_result& x) {
+  return f(caf::meta::type_name("admin_result"), x.ok, x.error_code, x.error_message, x.lines);
 }
 
 // ---- batcher <-> shard worker

@@ -6,8 +6,10 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "actors/batcher.hpp"
@@ -117,46 +119,93 @@ int run_node(const node_run_options& o) {
   std::cout << "shoal node " << node->name << ": actors on " << node->host << ":" << *published << std::endl;
 
   std::unique_ptr<metrics_server> metrics;
-  if (node->metrics_port > 0) {
-    metrics = start_metrics_server(node->host, node->metrics_port, registry);
-    std::cout << "shoal node " << node->name << ": metrics on http://" << node->host << ":" << metrics->port() << "/metrics"
-              << std::endl;
-  }
-
   router_actor router;
   std::unique_ptr<gateway_server> gateway;
   std::vector<std::thread> launchers;
   launched_batchers batchers;
   std::atomic<bool> stopping{false};
-  if (node->has_role("router")) {
-    router = spawn_router(sys, router_options{cfg});
-    for (const auto& spec : cfg.replicas) {
-      launchers.emplace_back(launch_replica, std::ref(sys), std::cref(cfg), spec, node->name, nm, router, registry,
-                             o.connect_timeout_s, std::ref(batchers), std::cref(stopping));
-    }
-    if (node->has_role("gateway")) {
-      gateway_options go;
-      go.host = node->host;
-      go.port = node->rpc_port;
-      for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
-      gateway = start_gateway(sys, router, go);
-      std::cout << "shoal node " << node->name << ": Cap'n Proto RPC on " << node->host << ":" << gateway->port()
+  cache_actor cache;
+  auditor_actor auditor;
+  // The actor system's destructor waits for every actor: stop them all explicitly, on the way out
+  // and when setting up fails (the batchers are not linked to the router, so one crashing does not
+  // take the router down).
+  auto shutdown = [&] {
+    stopping = true;
+    if (gateway) gateway->stop();
+    if (metrics) metrics->stop();
+    for (auto& t : launchers) t.join();
+    for (auto& b : batchers.all) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
+    if (router) caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    if (cache) caf::anon_send_exit(cache, caf::exit_reason::user_shutdown);
+    if (auditor) caf::anon_send_exit(auditor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(nm, caf::exit_reason::user_shutdown);
+  };
+  try {
+    if (node->metrics_port > 0) {
+      metrics = start_metrics_server(node->host, node->metrics_port, registry);
+      std::cout << "shoal node " << node->name << ": metrics on http://" << node->host << ":" << metrics->port() << "/metrics"
                 << std::endl;
     }
+
+    if (node->has_role("router")) {
+      router_options ro;
+      ro.config = cfg;
+      ro.node_name = node->name;
+      ro.registry = registry;
+      const std::string data_dir = o.data_dir.empty() ? "shoal-data/" + node->name : o.data_dir;
+      std::filesystem::create_directories(data_dir);
+      const auto& gov = cfg.governance;
+      // The audit store first: nothing is served that could not be audited.
+      const auto audit_path = resolve_data_path(data_dir, gov.audit.path);
+      auditor = spawn_auditor(sys, audit_path);
+      ro.auditor = auditor;
+      {
+        caf::scoped_actor self{sys};
+        self->request(auditor, std::chrono::seconds(30), blocks_atom::value)
+            .receive(
+                [&](const std::vector<std::string>& lines) {
+                  for (const auto& l : lines) {
+                    auto j = nlohmann::json::parse(l, nullptr, false);
+                    if (j.is_object()) {
+                      ro.blocked[j.value("principal", "")] =
+                          "rule '" + j.value("rule", "") + "': " + j.value("detail", "") + " (since " + j.value("since", "") + ")";
+                    }
+                  }
+                },
+                [&](caf::error& e) { throw error(errc::unavailable, "audit store: " + sys.render(e)); });
+      }
+      std::cout << "shoal node " << node->name << ": audit store " << audit_path << " (" << ro.blocked.size()
+                << " blocked principals)" << std::endl;
+      if (gov.cache.enabled) {
+        const auto cache_path = resolve_data_path(data_dir, gov.cache.path);
+        cache = spawn_cache(sys, cache_path, gov.cache, registry);
+        ro.cache = cache;
+        std::cout << "shoal node " << node->name << ": answer cache " << cache_path << std::endl;
+      }
+      router = spawn_router(sys, std::move(ro));
+      for (const auto& spec : cfg.replicas) {
+        launchers.emplace_back(launch_replica, std::ref(sys), std::cref(cfg), spec, node->name, nm, router, registry,
+                               o.connect_timeout_s, std::ref(batchers), std::cref(stopping));
+      }
+      if (node->has_role("gateway")) {
+        gateway_options go;
+        go.host = node->host;
+        go.port = node->rpc_port;
+        for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
+        gateway = start_gateway(sys, router, go);
+        std::cout << "shoal node " << node->name << ": Cap'n Proto RPC on " << node->host << ":" << gateway->port()
+                  << std::endl;
+      }
+    }
+  } catch (...) {
+    shutdown();
+    throw;
   }
 
   int sig = 0;
   sigwait(&signals, &sig);
   std::cout << "shoal node " << node->name << ": stopping (signal " << sig << ")" << std::endl;
-  stopping = true;
-  if (gateway) gateway->stop();
-  if (metrics) metrics->stop();
-  for (auto& t : launchers) t.join();
-  // The actor system's destructor waits for every actor: stop the batchers explicitly (they are not
-  // linked to the router, so one crashing does not take the router down).
-  for (auto& b : batchers.all) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
-  if (router) caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(nm, caf::exit_reason::user_shutdown);
+  shutdown();
   return 0;
 }
 

@@ -12,6 +12,7 @@ struct node_run_options {
   std::string node_name;
   std::string model_override;  // replaces every model path in the config (e.g. $SHOAL_MODEL)
   int connect_timeout_s = 60;  // how long the router waits for worker nodes to come up
+  std::string data_dir;        // answer cache and audit store (router node). Default: shoal-data/<node>
 };
 
 /// Runs until SIGINT or SIGTERM; returns the process exit status. Throws shoal::error for a bad

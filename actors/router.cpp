@@ -1,15 +1,28 @@
 #include "actors/router.hpp"
 
-#include <atomic>
-#include <map>
-#include <optional>
+#include <prometheus/counter.h>
 
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <iostream>
+#include <optional>
+#include <set>
+
+#include "actors/alerts.hpp"
+#include "actors/answer_cache.hpp"
+#include "actors/audit_log.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
+#include "engine/privacy/pii.hpp"
 
 namespace shoal::actors {
 
 namespace {
+
+using json = nlohmann::json;
 
 struct replica_entry {
   replica_spec spec;
@@ -22,6 +35,12 @@ struct router_state {
   router_options opts;
   std::unique_ptr<authenticator> auth;
   std::unique_ptr<rate_limiter> limiter;
+  std::shared_ptr<const privacy::masker> masker;
+  std::unique_ptr<alert_engine> alerts;
+  std::map<std::string, std::string> blocked;        // "tenant/key id" -> why
+  std::map<std::string, std::string> model_versions;  // model name -> weights fingerprint
+  prometheus::Family<prometheus::Counter>* blocks_metric = nullptr;
+  prometheus::Family<prometheus::Counter>* audit_failures = nullptr;
   std::vector<replica_entry> replicas;
   std::map<std::string, std::unique_ptr<tokenizer>> tokenizers;  // by model name, loaded lazily
   std::uint64_t next_id = 0;
@@ -30,7 +49,40 @@ struct router_state {
 
 using self_ptr = router_actor::stateful_pointer<router_state>;
 
-using finish_listener = caf::typed_actor<caf::reacts_to<finished_atom, std::string>>;
+using finish_listener = caf::typed_actor<caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>>;
+
+std::string principal_key(const principal& p) { return p.tenant + "/" + p.id; }
+
+std::string ids_text(const std::vector<std::int32_t>& ids) {
+  std::string out;
+  for (auto id : ids) out += std::to_string(id) + ",";
+  return out;
+}
+
+json sampling_json(const sampling_spec& s) {
+  json j{{"temperature", s.temperature},
+         {"top_k", s.top_k},
+         {"top_p", s.top_p},
+         {"min_p", s.min_p},
+         {"repetition_penalty", s.repetition_penalty},
+         {"presence_penalty", s.presence_penalty},
+         {"frequency_penalty", s.frequency_penalty}};
+  if (s.has_seed) j["seed"] = s.seed;
+  return j;
+}
+
+/// Everything a request's tracker needs to finish it: who and what for the audit record, and
+/// where its answer goes in the cache.
+struct request_context {
+  json record;                 // the audit record without outcome, end and output digest
+  bool store_text = false;     // the domain keeps the masked text in the audit log
+  std::string cache_key;       // "" = not cacheable
+  std::string tenant, who, domain;
+  bool encrypt = false;
+  std::shared_ptr<const privacy::masker> masker;
+  auditor_actor auditor;
+  cache_actor cache;
+};
 
 struct tracker_state {
   // Not an aggregate: CAF constructs a state from the actor pointer when it can, and C++20 would
@@ -40,22 +92,68 @@ struct tracker_state {
   bool open = false;                 // the requester has had its submit_result
   std::vector<token_chunk> held;     // chunks that overtook the submit_result
   std::optional<generation_summary> held_summary;
+  std::vector<std::int32_t> ids;     // the answer so far (audit digest, cache value)
+  std::string text;
 };
 
-// Sits between a replica and the requester for one request: forwards every chunk, and when the
-// request ends (or its replica's batcher dies first) tells the router, so limits are released once.
-// Chunks come from the batcher while the accept travels back through the router, so the tracker
-// holds them until the router says the requester has its answer (open_atom): a requester always
-// sees accepted before its first token.
+// Sits between a replica (or the cache) and the requester for one request: forwards every chunk,
+// and when the request ends (or its replica's batcher dies first) writes the audit record, fills
+// the cache, and forwards the summary only once the record is durable; then tells the router, so
+// limits are released once. Chunks come from the batcher while the accept travels back through the
+// router, so the tracker holds them until the router says the requester has its answer
+// (open_atom): a requester always sees accepted before its first token.
 caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor client, finish_listener router,
-                      batcher_actor batcher, std::string tenant, std::string id) {
-  self->monitor(batcher);
+                      batcher_actor batcher, std::shared_ptr<request_context> ctx, std::string id) {
+  if (batcher) self->monitor(batcher);
+  auto finish = [=](generation_summary s) {
+    self->send(router, finished_atom::value, ctx->tenant, ctx->who, s.completion_tokens);
+    self->send(client, s);
+    self->quit();
+  };
   auto end = [=](const generation_summary& s) {
     if (self->state.done) return;
     self->state.done = true;
-    self->send(router, finished_atom::value, tenant);
-    self->send(client, s);
-    self->quit();
+    auto& st = self->state;
+    const bool ok = s.finish_reason == "length" || s.finish_reason == "stop" || s.finish_reason == "eos";
+    std::string masked_out = st.text;
+    bool output_has_pii = false;
+    if (ctx->masker) {
+      auto m = ctx->masker->mask(st.text);
+      output_has_pii = !m.findings.empty();
+      masked_out = std::move(m.text);
+    }
+    // An answer that itself carries personal data is not kept: the cache must hold nothing a
+    // masked log would not.
+    if (ok && !s.cached && !ctx->cache_key.empty() && ctx->cache && !output_has_pii) {
+      json answer{{"ids", st.ids},
+                  {"text", st.text},
+                  {"finish_reason", s.finish_reason},
+                  {"prompt_tokens", s.prompt_tokens},
+                  {"completion_tokens", s.completion_tokens}};
+      self->send(ctx->cache, store_atom::value, ctx->tenant, ctx->cache_key, ctx->domain, ctx->encrypt, answer.dump());
+    }
+    if (!ctx->auditor) return finish(s);
+    json rec = ctx->record;
+    rec["when"]["end"] = utc_now_iso();
+    std::string status = s.cached ? "cached" : ok ? "ok" : s.finish_reason == "cancelled" ? "cancelled" : "error";
+    rec["outcome"] = json{{"status", status},
+                          {"finish_reason", s.finish_reason},
+                          {"error_code", s.error_code},
+                          {"prompt_tokens", s.prompt_tokens},
+                          {"completion_tokens", s.completion_tokens},
+                          {"replica", s.replica}};
+    rec["digests"]["output_sha256"] = sha256_hex(masked_out);
+    if (ctx->store_text) rec["text"]["output"] = masked_out;
+    self->request(ctx->auditor, std::chrono::seconds(30), audit_atom::value, rec.dump())
+        .then([=](std::uint64_t) { finish(s); },
+              [=](caf::error& e) {
+                // The client must not believe a request was recorded when it was not.
+                generation_summary failed = s;
+                failed.finish_reason = "error";
+                failed.error_code = to_string(errc::unavailable);
+                failed.error_message = "the audit record could not be written: " + self->system().render(e);
+                finish(failed);
+              });
   };
   self->set_down_handler([=](const caf::down_msg& dm) {
     generation_summary s;
@@ -63,16 +161,22 @@ caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor clien
     s.finish_reason = "error";
     s.error_code = to_string(errc::unavailable);
     s.error_message = "the replica serving the request stopped (" + self->system().render(dm.reason) + ")";
+    s.completion_tokens = static_cast<std::int32_t>(self->state.ids.size());
     if (!self->state.open) {
       self->state.held_summary = s;
       return;
     }
     end(s);
   });
+  auto forward = [=](token_chunk& c) {
+    self->state.ids.insert(self->state.ids.end(), c.ids.begin(), c.ids.end());
+    self->state.text += c.text;
+    self->send(client, std::move(c));
+  };
   return {
       [=](token_chunk& c) {
         if (self->state.open) {
-          self->send(client, std::move(c));
+          forward(c);
         } else {
           self->state.held.push_back(std::move(c));
         }
@@ -86,7 +190,7 @@ caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor clien
       },
       [=](open_atom) {
         self->state.open = true;
-        for (auto& c : self->state.held) self->send(client, std::move(c));
+        for (auto& c : self->state.held) forward(c);
         self->state.held.clear();
         if (self->state.held_summary) end(*self->state.held_summary);
       },
@@ -135,18 +239,98 @@ replica_entry* pick(router_state& st, const std::string& model, const std::strin
   return best;
 }
 
+// The audit record's common part for a request or operation.
+json base_record(const router_state& st, const std::string& kind, const std::string& op, const principal* who,
+                 const std::string& request_id, const std::string& model, const std::string& client,
+                 const std::string& method) {
+  json rec;
+  rec["kind"] = kind;
+  rec["request_id"] = request_id;
+  if (who) {
+    rec["who"] = json{{"tenant", who->tenant}, {"principal", who->id}, {"role", who->role}, {"domain", to_string(who->domain)}};
+  } else {
+    rec["who"] = json{{"tenant", ""}, {"principal", ""}, {"role", ""}, {"domain", ""}};
+  }
+  rec["what"] = json{{"operation", op}, {"model", model}};
+  if (auto it = st.model_versions.find(model); it != st.model_versions.end()) rec["what"]["weights"] = it->second;
+  rec["when"] = json{{"start", utc_now_iso()}};
+  rec["where"] = json{{"node", st.opts.node_name}, {"client", client}};
+  rec["how"] = json{{"api_method", method}};
+  return rec;
+}
+
+// Writes a record without waiting (refusals: the caller's answer must not wait on the disk).
+void audit_async(self_ptr self, json rec, const std::string& status, const std::string& code,
+                 const std::string& message) {
+  auto& st = self->state;
+  if (!st.opts.auditor) return;
+  rec["when"]["end"] = rec["when"]["start"];
+  rec["outcome"] = json{{"status", status}, {"error_code", code}, {"message", message}};
+  self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, rec.dump())
+      .then([](std::uint64_t) {},
+            [=](caf::error& e) {
+              if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
+              std::cerr << "shoal router: audit write failed: " << self->system().render(e) << std::endl;
+            });
+}
+
+// A tripped rule: the principal is blocked from now on, persistently, and the block is audited.
+void block(self_ptr self, const principal& who, const alert_trip& trip) {
+  auto& st = self->state;
+  const auto key = principal_key(who);
+  if (st.blocked.count(key)) return;
+  st.blocked[key] = "rule '" + trip.rule + "': " + trip.detail;
+  if (st.blocks_metric) st.blocks_metric->Add({{"rule", trip.rule}, {"tenant", who.tenant}}).Increment();
+  std::cerr << "shoal router: blocked principal " << key << " (" << st.blocked[key] << ")" << std::endl;
+  if (!st.opts.auditor) return;
+  json info{{"tenant", who.tenant}, {"rule", trip.rule}, {"detail", trip.detail},
+            {"since", utc_now_iso()}};
+  auto rec = base_record(st, "alert", "block", &who, "", "", "", "");
+  rec["when"]["end"] = rec["when"]["start"];
+  rec["alert"] = json{{"rule", trip.rule}, {"detail", trip.detail}};
+  rec["outcome"] = json{{"status", "blocked"}};
+  self->request(st.opts.auditor, std::chrono::seconds(30), block_atom::value, key, info.dump(), rec.dump())
+      .then([](std::uint64_t) {},
+            [=](caf::error& e) {
+              if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
+              std::cerr << "shoal router: persisting the block failed: " << self->system().render(e) << std::endl;
+            });
+}
+
+admin_result admin_refusal(errc code, std::string message) {
+  admin_result r;
+  r.error_code = to_string(code);
+  r.error_message = std::move(message);
+  return r;
+}
+
 router_actor::behavior_type router(self_ptr self, router_options opts) {
-  self->state.opts = std::move(opts);
-  self->state.auth = std::make_unique<authenticator>(self->state.opts.config.auth);
-  self->state.limiter = std::make_unique<rate_limiter>(self->state.opts.config.auth);
-  for (const auto& spec : self->state.opts.config.replicas) {
+  auto& st0 = self->state;
+  st0.opts = std::move(opts);
+  st0.auth = std::make_unique<authenticator>(st0.opts.config.auth);
+  st0.limiter = std::make_unique<rate_limiter>(st0.opts.config.auth);
+  st0.masker = std::make_shared<const privacy::masker>(st0.opts.config.governance.pii);
+  st0.alerts = std::make_unique<alert_engine>(st0.opts.config.governance.alerts);
+  st0.blocked = st0.opts.blocked;
+  for (const auto& m : st0.opts.config.models) st0.model_versions[m.name] = model_fingerprint(m.path);
+  if (st0.opts.registry) {
+    st0.blocks_metric = &prometheus::BuildCounter()
+                             .Name("shoal:principals_blocked_total")
+                             .Help("Principals blocked by an anomaly rule")
+                             .Register(*st0.opts.registry);
+    st0.audit_failures = &prometheus::BuildCounter()
+                              .Name("shoal:audit_write_failures_total")
+                              .Help("Audit records that could not be written")
+                              .Register(*st0.opts.registry);
+  }
+  for (const auto& spec : st0.opts.config.replicas) {
     replica_entry e;
     e.spec = spec;
     e.stats.name = spec.name;
     e.stats.model = spec.model;
     e.stats.kind = spec.kind;
     e.stats.detail = "not started";
-    self->state.replicas.push_back(e);
+    st0.replicas.push_back(e);
   }
   self->set_down_handler([=](const caf::down_msg& dm) {
     for (auto& r : self->state.replicas) {
@@ -156,39 +340,93 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
       }
     }
   });
+  // Routes an admitted request to a replica (or refuses it); the tracker finishes it.
+  auto route = [=](generate_request req, std::shared_ptr<request_context> ctx,
+                   caf::typed_response_promise<submit_result> rp) mutable {
+    auto& st = self->state;
+    std::string why;
+    auto* r = pick(st, req.model, req.kind, why);
+    if (!r) {
+      st.limiter->release(ctx->tenant);
+      const bool none_healthy = why.find("healthy") != std::string::npos || why.find("no replica") != std::string::npos;
+      const auto code = none_healthy ? errc::unavailable : errc::overloaded;
+      audit_async(self, ctx->record, "error", to_string(code), why);
+      rp.deliver(refuse(req.id, code, why));
+      return;
+    }
+    // Count it against the replica now, so a burst does not all land on one replica before
+    // its next stats report.
+    ++r->stats.waiting;
+    auto t = self->spawn(tracker, req.sink, finish_listener{self}, r->batcher, ctx, req.id);
+    req.sink = caf::actor_cast<sink_actor>(t);
+    const std::string tenant = ctx->tenant;
+    self->request(r->batcher, caf::infinite, generate_atom::value, std::move(req))
+        .then(
+            [=](const submit_result& res) mutable {
+              if (!res.accepted) {
+                self->state.limiter->release(tenant);
+                caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+                audit_async(self, ctx->record, "error", res.error_code, res.error_message);
+              }
+              rp.deliver(res);
+              if (res.accepted) caf::anon_send(t, open_atom::value);
+            },
+            [=](caf::error& e) mutable {
+              self->state.limiter->release(tenant);
+              caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+              const auto msg = "replica did not answer: " + self->system().render(e);
+              audit_async(self, ctx->record, "error", to_string(errc::unavailable), msg);
+              rp.deliver(refuse("", errc::unavailable, msg));
+            });
+  };
   return {
-      [=](generate_atom, generate_request req) -> caf::result<submit_result> {
+      [=](generate_atom, generate_request req) mutable -> caf::result<submit_result> {
         auto& st = self->state;
         if (req.id.empty()) req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
+        if (req.model.empty() && !st.opts.config.models.empty()) req.model = default_model(st);
         // Who is asking: one implementation for every front door. The key goes no further.
         const bool had_key = !req.api_key.empty();
         auto who = st.auth->authenticate(req.api_key);
         req.api_key.clear();
-        if (!who) {
-          return refuse(req.id, errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
+        auto rec = base_record(st, "request", req.kind, who ? &*who : nullptr, req.id, req.model, req.client_address,
+                               req.api_method);
+        rec["how"]["sampling"] = sampling_json(req.sampling);
+        rec["how"]["max_tokens"] = req.max_tokens;
+        rec["how"]["priority"] = req.priority;
+        rec["how"]["stop_strings"] = req.stop.size();
+        auto refused = [&](errc code, const std::string& message, const char* status = "error") {
+          audit_async(self, rec, status, to_string(code), message);
+          return refuse(req.id, code, message);
+        };
+        if (!who) return refused(errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
+        const auto key = principal_key(*who);
+        if (auto b = st.blocked.find(key); b != st.blocked.end()) {
+          return refused(errc::forbidden, "principal '" + key + "' is blocked (" + b->second + ")", "blocked");
         }
         req.tenant = who->tenant;
         req.principal = who->id;
         req.domain = to_string(who->domain);
         // A request may lower its priority, never raise it above its key's role.
         req.priority = std::min(req.priority, who->priority);
-        if (req.model.empty()) req.model = default_model(st);
-        if (!st.opts.config.find_model(req.model)) {
-          return refuse(req.id, errc::not_found, "unknown model '" + req.model + "'");
-        }
+        if (!st.opts.config.find_model(req.model)) return refused(errc::not_found, "unknown model '" + req.model + "'");
         const auto& policy = st.opts.config.auth.policy(who->domain);
         const auto* tenant = st.opts.config.auth.find_tenant(who->tenant);
         auto allowed = [&](const std::vector<std::string>& list) {
           return list.empty() || std::find(list.begin(), list.end(), req.model) != list.end();
         };
         if (!allowed(policy.models) || (tenant && !allowed(tenant->models))) {
-          return refuse(req.id, errc::forbidden, "tenant '" + who->tenant + "' (domain " + to_string(who->domain) +
-                                                     ") may not use model '" + req.model + "'");
+          return refused(errc::forbidden, "tenant '" + who->tenant + "' (domain " + to_string(who->domain) +
+                                              ") may not use model '" + req.model + "'");
         }
         if (req.kind != "generate" && req.kind != "score" && req.kind != "embed") {
-          return refuse(req.id, errc::invalid_argument, "unknown request kind '" + req.kind + "'");
+          return refused(errc::invalid_argument, "unknown request kind '" + req.kind + "'");
         }
-        if (!req.sink) return refuse(req.id, errc::invalid_argument, "the request has no sink for its tokens");
+        if (!req.sink) return refused(errc::invalid_argument, "the request has no sink for its tokens");
+        if (auto trip = st.alerts->operation(who->tenant, key, req.kind)) {
+          block(self, *who, *trip);
+          return refused(errc::forbidden, "principal '" + key + "' is blocked (rule '" + trip->rule + "': " +
+                                              trip->detail + ")", "blocked");
+        }
         // Tokens against the tenant's per-minute budget: the prompt (ids, or ~4 bytes a token) plus
         // what it may generate.
         const std::int64_t tokens = (req.prompt_ids.empty() ? static_cast<std::int64_t>(req.prompt.size() / 4 + 1)
@@ -196,37 +434,91 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
                                     std::max(0, req.max_tokens);
         if (auto why = st.limiter->admit(who->tenant, tokens); !why.empty()) {
           const bool global = why.find("admission limit") != std::string::npos;
-          return refuse(req.id, global ? errc::overloaded : errc::rate_limited, why);
+          return refused(global ? errc::overloaded : errc::rate_limited, why);
         }
-        std::string why;
-        auto* r = pick(st, req.model, req.kind, why);
-        if (!r) {
-          st.limiter->release(who->tenant);
-          const bool none_healthy = why.find("healthy") != std::string::npos || why.find("no replica") != std::string::npos;
-          return refuse(req.id, none_healthy ? errc::unavailable : errc::overloaded, why);
+        // Personal data is masked before anything is stored or logged; the model sees the masked
+        // prompt where the domain's policy says so.
+        auto masked = st.masker->mask(req.prompt);
+        const bool prompt_has_pii = !masked.findings.empty();
+        if (policy.model_sees_masked) req.prompt = masked.text;
+        const std::string input = req.prompt_ids.empty() ? masked.text : "ids:" + ids_text(req.prompt_ids);
+        rec["digests"] = json{{"input_sha256", sha256_hex(input)}};
+        if (policy.store_masked_text) rec["text"] = json{{"input", input}};
+        if (prompt_has_pii) rec["pii"] = masked.counts;
+        auto ctx = std::make_shared<request_context>();
+        ctx->record = rec;
+        ctx->store_text = policy.store_masked_text;
+        ctx->tenant = who->tenant;
+        ctx->who = key;
+        ctx->domain = to_string(who->domain);
+        ctx->encrypt = policy.encrypt_cache;
+        ctx->masker = st.masker;
+        ctx->auditor = st.opts.auditor;
+        ctx->cache = st.opts.cache;
+        // The answer cache: deterministic generations only, and only where the cache key (made
+        // of the masked prompt) fully determines what the model sees.
+        const bool deterministic = req.sampling.temperature <= 0.0f || req.sampling.has_seed;
+        if (st.opts.cache && policy.cache && deterministic && req.kind == "generate" &&
+            (!prompt_has_pii || policy.model_sees_masked)) {
+          cache_key_fields f;
+          f.tenant = who->tenant;
+          f.domain = to_string(who->domain);
+          f.model = req.model;
+          f.model_version = st.model_versions[req.model];
+          f.kind = req.kind;
+          f.masked_prompt = masked.text;
+          f.prompt_ids = req.prompt_ids;
+          f.add_special = req.add_special;
+          f.parse_special = req.parse_special;
+          f.max_tokens = req.max_tokens;
+          f.ignore_eos = req.ignore_eos;
+          f.stop = req.stop;
+          f.stop_ids = req.stop_ids;
+          f.sampling = sampling_json(req.sampling).dump() + (req.sampling.has_seed ? "" : "|noseed");
+          ctx->cache_key = cache_key(f);
         }
-        // Count it against the replica now, so a burst does not all land on one replica before
-        // its next stats report.
-        ++r->stats.waiting;
-        const std::string tenant_name = who->tenant;
-        auto t = self->spawn(tracker, req.sink, finish_listener{self}, r->batcher, tenant_name, req.id);
-        req.sink = caf::actor_cast<sink_actor>(t);
         auto rp = self->make_response_promise<submit_result>();
-        self->request(r->batcher, caf::infinite, generate_atom::value, std::move(req))
+        if (ctx->cache_key.empty()) {
+          route(std::move(req), ctx, rp);
+          return rp;
+        }
+        const std::string probe = masked.text;
+        self->request(st.opts.cache, std::chrono::seconds(5), lookup_atom::value, ctx->tenant, ctx->cache_key, ctx->domain)
             .then(
-                [=](const submit_result& res) mutable {
-                  if (!res.accepted) {
-                    self->state.limiter->release(tenant_name);
-                    caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+                [=](const std::string& hit) mutable {
+                  auto j = hit.empty() ? json() : json::parse(hit, nullptr, false);
+                  if (hit.empty() || j.is_discarded()) {
+                    if (auto trip = self->state.alerts->miss_probe(ctx->tenant, ctx->who, probe)) {
+                      block(self, *who, *trip);
+                    }
+                    route(std::move(req), ctx, rp);
+                    return;
                   }
+                  // A hit streams back through the same sink protocol, marked as cached.
+                  auto t = self->spawn(tracker, req.sink, finish_listener{self}, batcher_actor{}, ctx, req.id);
+                  submit_result res;
+                  res.accepted = true;
+                  res.id = req.id;
+                  res.replica = "cache";
+                  res.prompt_tokens = j.value("prompt_tokens", 0);
                   rp.deliver(res);
-                  if (res.accepted) caf::anon_send(t, open_atom::value);
+                  caf::anon_send(t, open_atom::value);
+                  token_chunk c;
+                  c.id = req.id;
+                  c.ids = j.value("ids", std::vector<std::int32_t>{});
+                  c.text = j.value("text", std::string());
+                  c.cached = true;
+                  generation_summary s;
+                  s.id = req.id;
+                  s.finish_reason = j.value("finish_reason", std::string("length"));
+                  s.prompt_tokens = res.prompt_tokens;
+                  s.completion_tokens = j.value("completion_tokens", 0);
+                  s.replica = "cache";
+                  s.cached = true;
+                  if (!c.ids.empty() || !c.text.empty()) caf::anon_send(t, std::move(c));
+                  caf::anon_send(t, std::move(s));
                 },
-                [=](caf::error& e) mutable {
-                  self->state.limiter->release(tenant_name);
-                  caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
-                  rp.deliver(refuse("", errc::unavailable, "replica did not answer: " + self->system().render(e)));
-                });
+                [=](caf::error&) mutable { route(std::move(req), ctx, rp); });
         return rp;
       },
       [=](cancel_atom, const std::string& id) {
@@ -263,7 +555,115 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           if (r.spec.name == s.name) r.stats = s;
         }
       },
-      [=](finished_atom, const std::string& tenant) { self->state.limiter->release(tenant); },
+      [=](finished_atom, const std::string& tenant, const std::string& who, std::int32_t tokens) {
+        auto& st = self->state;
+        st.limiter->release(tenant);
+        if (auto trip = st.alerts->output_tokens(tenant, who, tokens)) {
+          principal p;
+          p.tenant = tenant;
+          p.id = who.substr(tenant.size() + 1);
+          if (auto* t = st.opts.config.auth.find_tenant(tenant)) p.domain = t->domain;
+          block(self, p, *trip);
+        }
+      },
+      [=](admin_atom, admin_request req) -> caf::result<admin_result> {
+        auto& st = self->state;
+        const bool had_key = !req.api_key.empty();
+        auto who = st.auth->authenticate(req.api_key);
+        req.api_key.clear();
+        auto rec = base_record(st, "admin", req.op, who ? &*who : nullptr, "", "", req.client_address, req.api_method);
+        json filter{{"tenant", req.tenant}, {"principal", req.principal}, {"operation", req.operation},
+                    {"since", req.since}, {"until", req.until}, {"limit", req.limit}};
+        rec["how"]["filter"] = filter;
+        auto refused = [&](errc code, const std::string& message, const char* status = "error") {
+          audit_async(self, rec, status, to_string(code), message);
+          return admin_refusal(code, message);
+        };
+        if (!who) return refused(errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
+        const auto key = principal_key(*who);
+        if (auto b = st.blocked.find(key); b != st.blocked.end()) {
+          return refused(errc::forbidden, "principal '" + key + "' is blocked (" + b->second + ")", "blocked");
+        }
+        const bool admin = who->role == "admin";
+        const std::set<std::string> ops{"query", "export", "blocks", "unblock", "purge_cache"};
+        if (!ops.count(req.op)) {
+          return refused(errc::invalid_argument, "unknown admin operation '" + req.op +
+                                                     "' (query, export, blocks, unblock, purge_cache)");
+        }
+        if (!admin && (req.op == "blocks" || req.op == "unblock")) {
+          return refused(errc::forbidden, "'" + req.op + "' needs an admin key");
+        }
+        // Non-admins see and purge only their own tenant.
+        if (!admin) {
+          if (!req.tenant.empty() && req.tenant != who->tenant) {
+            return refused(errc::forbidden, "tenant '" + who->tenant + "' may not " + req.op + " tenant '" + req.tenant + "'");
+          }
+          req.tenant = who->tenant;
+          filter["tenant"] = req.tenant;
+        }
+        if (auto trip = st.alerts->operation(who->tenant, key, req.op)) {
+          block(self, *who, *trip);
+          return refused(errc::forbidden, "principal '" + key + "' is blocked (rule '" + trip->rule + "': " +
+                                              trip->detail + ")", "blocked");
+        }
+        auto rp = self->make_response_promise<admin_result>();
+        auto done = [=](std::vector<std::string> lines, json extra) mutable {
+          auto r = rec;
+          r["when"]["end"] = utc_now_iso();
+          r["outcome"] = json{{"status", "ok"}};
+          r["outcome"].update(extra);
+          auto deliver = [=](std::uint64_t) mutable {
+            admin_result res;
+            res.ok = true;
+            res.lines = std::move(lines);
+            rp.deliver(std::move(res));
+          };
+          if (!self->state.opts.auditor) return deliver(0);
+          self->request(self->state.opts.auditor, std::chrono::seconds(30), audit_atom::value, r.dump())
+              .then(deliver, [=](caf::error& e) mutable {
+                rp.deliver(admin_refusal(errc::unavailable, "the audit record could not be written: " +
+                                                                self->system().render(e)));
+              });
+        };
+        auto fail = [=](caf::error& e) mutable {
+          rp.deliver(admin_refusal(errc::unavailable, self->system().render(e)));
+        };
+        if (req.op == "purge_cache") {
+          if (!st.opts.cache) {
+            done({}, json{{"removed", 0}});
+            return rp;
+          }
+          self->request(st.opts.cache, std::chrono::seconds(60), purge_atom::value, req.tenant)
+              .then([=](std::int64_t n) mutable { done({json{{"removed", n}}.dump()}, json{{"removed", n}}); }, fail);
+          return rp;
+        }
+        if (!st.opts.auditor) return admin_refusal(errc::unavailable, "this cluster keeps no audit log");
+        if (req.op == "query" || req.op == "export") {
+          self->request(st.opts.auditor, std::chrono::seconds(60), query_atom::value, filter.dump())
+              .then([=](std::vector<std::string>& lines) mutable {
+                const auto n = lines.size();
+                done(std::move(lines), json{{"records", n}});
+              }, fail);
+        } else if (req.op == "blocks") {
+          self->request(st.opts.auditor, std::chrono::seconds(60), blocks_atom::value)
+              .then([=](std::vector<std::string>& lines) mutable { done(std::move(lines), json{}); }, fail);
+        } else {  // unblock
+          const std::string target = req.principal;
+          if (!st.blocked.erase(target)) return refused(errc::not_found, "principal '" + target + "' is not blocked");
+          auto r = rec;
+          r["when"]["end"] = utc_now_iso();
+          r["target"] = target;
+          r["outcome"] = json{{"status", "ok"}};
+          self->request(st.opts.auditor, std::chrono::seconds(30), unblock_atom::value, target, r.dump())
+              .then([=](std::uint64_t) mutable {
+                admin_result res;
+                res.ok = true;
+                res.lines = {json{{"unblocked", target}}.dump()};
+                rp.deliver(std::move(res));
+              }, fail);
+        }
+        return rp;
+      },
       [=](ready_atom, const std::string& name, const batcher_actor& b) {
         for (auto& r : self->state.replicas) {
           if (r.spec.name == name) {

@@ -5,12 +5,22 @@
 // weighted round robin among the healthy replicas of the request's kind pool, skipping replicas
 // whose KV-cache use is above the threshold or whose queue is full. When no replica can take the
 // request it answers with an explicit error (overloaded / unavailable), never a silent drop.
+//
+// Governance (issue 5): prompts are PII-masked before anything is persisted or logged (and before
+// the model sees them where the domain says so); deterministic requests are answered from the
+// cache actor when it holds the answer; every request and administrative operation gets an audit
+// record, and a request's summary reaches its client only after that record is durable; anomaly
+// rules block principals (persisted by the auditor, lifted only by an audited admin unblock).
 
 #include <caf/all.hpp>
 
+#include <map>
 #include <memory>
+#include <string>
 
+#include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
+#include "actors/cache.hpp"
 #include "actors/cluster_config.hpp"
 #include "actors/messages.hpp"
 
@@ -23,10 +33,17 @@ using router_actor = caf::typed_actor<
     caf::replies_to<tokenize_atom, tokenize_request>::with<std::vector<std::int32_t>>,
     caf::reacts_to<stats_atom, replica_stats>,               // from batchers
     caf::reacts_to<ready_atom, std::string, batcher_actor>,   // a replica's batcher exists
-    caf::reacts_to<finished_atom, std::string>>;              // a tracked request ended (its tenant)
+    // a tracked request ended: tenant, principal ("tenant/key id"), completion tokens
+    caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>,
+    caf::replies_to<admin_atom, admin_request>::with<admin_result>>;
 
 struct router_options {
   cluster_config config;
+  std::string node_name;                           // for audit records ("where")
+  cache_actor cache;                               // null: no answer cache
+  auditor_actor auditor;                           // null: no audit records (tests, embedders)
+  std::map<std::string, std::string> blocked;      // principal -> reason, as persisted
+  std::shared_ptr<prometheus::Registry> registry;  // null: no governance metrics
 };
 
 router_actor spawn_router(caf::actor_system& sys, router_options opts);

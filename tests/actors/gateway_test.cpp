@@ -60,7 +60,9 @@ class cluster {
     if (std::filesystem::exists(shared_path(qwen))) add_model("qwen2-tiny", shared_path(qwen));
 
     registry_ = std::make_shared<prometheus::Registry>();
-    router_ = spawn_router(*sys_, router_options{config_});
+    router_options ro;
+    ro.config = config_;
+    router_ = spawn_router(*sys_, std::move(ro));
     nm_ = spawn_node_manager(*sys_, "n0");
     for (const auto& spec : config_.replicas) {
       batcher_options bo;

@@ -55,7 +55,9 @@ struct replica_def {
 
 class local_cluster {
  public:
-  local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas)
+  /// `extra_yaml` is appended to the generated config (tenants, domains, alerts, cache ...).
+  local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
+                const std::string& extra_yaml = "")
       : nodes_(std::move(nodes)) {
     std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path + "\nnodes:\n";
     for (auto& n : nodes_) {
@@ -80,6 +82,7 @@ class local_cluster {
            std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
            "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n";
     }
+    y += extra_yaml;
     dir_.write("cluster.yaml", y);
     // Worker-only nodes first, like `shoal up`.
     for (int pass = 0; pass < 2; ++pass) {
@@ -132,6 +135,13 @@ class local_cluster {
     }
   }
 
+  /// Where a node keeps its answer cache and audit store.
+  std::string data_dir(const std::string& node) const { return dir_ / ("data-" + node); }
+  std::string dir() const { return dir_.path(); }
+
+  /// Starts a node again (after kill_node), with the same config and data directory.
+  void restart(const std::string& node) { start(node); }
+
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
     ::kill(pids_.at(node), SIGKILL);
@@ -142,7 +152,8 @@ class local_cluster {
 
  private:
   void start(const std::string& name) {
-    std::vector<std::string> args = {shoal_bin(), "node", "--config", config_path(), "--name", name};
+    std::vector<std::string> args = {shoal_bin(), "node", "--config", config_path(), "--name", name,
+                                     "--data-dir", data_dir(name)};
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -150,7 +161,7 @@ class local_cluster {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     const std::string log = dir_ / (name + ".log");
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
     ::posix_spawn(&pid, args[0].c_str(), &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);

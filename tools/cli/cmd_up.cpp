@@ -23,6 +23,7 @@ namespace shoal::cli {
 namespace {
 
 struct up_args {
+  std::string data_dir = "shoal-data";
   std::string config;
   std::string model;
   int timeout_s = 120;
@@ -100,7 +101,8 @@ int run_up(const up_args& a) {
   for (const auto& n : cfg.nodes) if (!n.has_role("router")) order.push_back(&n);
   order.push_back(&cfg.router_node());
   for (const auto* n : order) {
-    std::vector<std::string> args = {self, "node", "--config", a.config, "--name", n->name};
+    std::vector<std::string> args = {self, "node", "--config", a.config, "--name", n->name,
+                                     "--data-dir", a.data_dir + "/" + n->name};
     if (!a.model.empty()) {
       args.push_back("--model");
       args.push_back(a.model);
@@ -186,6 +188,7 @@ runner_fn add_up(CLI::App& app) {
   auto a = std::make_shared<up_args>();
   app.add_option("--config", a->config, "Cluster YAML (cluster-configs/*.yaml)")->required();
   app.add_option("--model", a->model, "Serve this model path instead of the config's");
+  app.add_option("--data-dir", a->data_dir, "Each node keeps its state under DIR/<node> (default shoal-data)");
   app.add_option("--timeout", a->timeout_s, "Seconds to wait for readiness (default 120)");
   app.add_flag("--once", a->once, "Stop the cluster again as soon as it is ready (for scripts)");
   return [a] { return run_up(*a); };
