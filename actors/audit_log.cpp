@@ -22,19 +22,25 @@ namespace shoal::actors {
 
 namespace {
 
-const std::string kRecordPrefix = "r/";
-const std::string kBlockPrefix = "b/";
-const std::string kZeroHash(64, '0');
+// Plain constants, no static std::string: a caller's static initializer may append before this
+// file's globals would have been constructed.
+constexpr std::string_view kRecordPrefix = "r/";
+constexpr std::string_view kBlockPrefix = "b/";
+constexpr std::string_view kZeroHash = "0000000000000000000000000000000000000000000000000000000000000000";
+
+std::string block_key(const std::string& principal) { return std::string(kBlockPrefix) + principal; }
+rocksdb::Slice record_prefix() { return {kRecordPrefix.data(), kRecordPrefix.size()}; }
+rocksdb::Slice block_prefix() { return {kBlockPrefix.data(), kBlockPrefix.size()}; }
 
 std::string record_key(std::uint64_t seq) {
-  std::string k = kRecordPrefix;
+  std::string k(kRecordPrefix);
   for (int shift = 56; shift >= 0; shift -= 8) k.push_back(static_cast<char>((seq >> shift) & 0xff));
   return k;
 }
 
 // The seq of a record key; false when the key is not "r/" + 8 bytes.
 bool parse_record_key(const rocksdb::Slice& key, std::uint64_t& seq) {
-  if (key.size() != kRecordPrefix.size() + 8 || !key.starts_with(kRecordPrefix)) return false;
+  if (key.size() != kRecordPrefix.size() + 8 || !key.starts_with(record_prefix())) return false;
   seq = 0;
   for (std::size_t i = kRecordPrefix.size(); i < key.size(); ++i) {
     seq = (seq << 8) | static_cast<unsigned char>(key[i]);
@@ -108,7 +114,7 @@ std::string utc_now_iso() {
 }
 
 audit_log::audit_log(std::string path, bool read_only, std::unique_ptr<rocksdb::DB> db)
-    : path_(std::move(path)), read_only_(read_only), db_(std::move(db)), head_hash_(kZeroHash) {}
+    : path_(std::move(path)), read_only_(read_only), db_(std::move(db)), head_hash_(std::string(kZeroHash)) {}
 
 audit_log::~audit_log() = default;
 
@@ -183,8 +189,8 @@ nlohmann::json audit_log::append_impl(nlohmann::json record, const std::string* 
   rocksdb::WriteBatch batch;
   batch.Put(record_key(seq), canonical(record));
   if (block_principal != nullptr) {
-    if (clear) batch.Delete(kBlockPrefix + *block_principal);
-    else batch.Put(kBlockPrefix + *block_principal, canonical(*block_info));
+    if (clear) batch.Delete(block_key(*block_principal));
+    else batch.Put(block_key(*block_principal), canonical(*block_info));
   }
   rocksdb::WriteOptions wo;
   wo.sync = true;  // acknowledged means on disk: the WAL is fsynced before Write returns
@@ -228,13 +234,13 @@ audit_verify_result audit_log::verify(const audit_checkpoint* cp, const std::str
   }
 
   std::uint64_t expected = 1;
-  std::string prev = kZeroHash;
+  std::string prev(kZeroHash);
   bool reached_checkpoint = cp == nullptr || cp->seq == 0;
   if (cp != nullptr && cp->seq == 0 && cp->hash != kZeroHash) {
     return fail(0, "the checkpoint names seq 0 with a hash other than the empty log's");
   }
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(kRecordPrefix); it->Valid() && it->key().starts_with(kRecordPrefix); it->Next()) {
+  for (it->Seek(record_prefix()); it->Valid() && it->key().starts_with(record_prefix()); it->Next()) {
     std::uint64_t key_seq = 0;
     if (!parse_record_key(it->key(), key_seq)) {
       return fail(expected, "a malformed record key follows seq " + std::to_string(expected - 1));
@@ -290,7 +296,7 @@ void audit_log::query(const audit_filter& f, const std::function<void(const nloh
   const std::string until = normalize_time(f.until, "until");
   std::uint64_t n = 0;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(kRecordPrefix); it->Valid() && it->key().starts_with(kRecordPrefix); it->Next()) {
+  for (it->Seek(record_prefix()); it->Valid() && it->key().starts_with(record_prefix()); it->Next()) {
     nlohmann::json rec = nlohmann::json::parse(it->value().ToString(), nullptr, false);
     if (rec.is_discarded() || !rec.is_object()) continue;  // verify() reports it; a query shows what it can read
     if (!f.tenant.empty() && field(rec, "who", "tenant") != f.tenant) continue;
@@ -311,20 +317,20 @@ void audit_log::set_block(const std::string& principal, const nlohmann::json& in
   require_writable("set a block");
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  check(db_->Put(wo, kBlockPrefix + principal, canonical(info)), path_, "writing a block");
+  check(db_->Put(wo, block_key(principal), canonical(info)), path_, "writing a block");
 }
 
 void audit_log::clear_block(const std::string& principal) {
   require_writable("clear a block");
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  check(db_->Delete(wo, kBlockPrefix + principal), path_, "clearing a block");
+  check(db_->Delete(wo, block_key(principal)), path_, "clearing a block");
 }
 
 std::map<std::string, nlohmann::json> audit_log::blocks() const {
   std::map<std::string, nlohmann::json> out;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(kBlockPrefix); it->Valid() && it->key().starts_with(kBlockPrefix); it->Next()) {
+  for (it->Seek(block_prefix()); it->Valid() && it->key().starts_with(block_prefix()); it->Next()) {
     out[it->key().ToString().substr(kBlockPrefix.size())] =
         nlohmann::json::parse(it->value().ToString(), nullptr, false);
   }

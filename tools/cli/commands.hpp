@@ -25,6 +25,7 @@ runner_fn add_perplexity(CLI::App& app);
 runner_fn add_node(CLI::App& app);
 runner_fn add_up(CLI::App& app);
 runner_fn add_client(CLI::App& app);
+runner_fn add_audit(CLI::App& app);
 
 /// The tokenizer of a model path (HF dir or .gguf) or a tokenizer-only directory, without mapping
 /// weights.

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add("node", "Run one node of a cluster", shoal::cli::add_node);
   add("up", "Start every node of a local cluster, wait until it serves, stop all on Ctrl-C", shoal::cli::add_up);
   add("client", "Talk to a running cluster over Cap'n Proto: generate, chat, bench", shoal::cli::add_client);
+  add("audit", "Verify, checkpoint, query and export the tamper-evident audit log; lift blocks", shoal::cli::add_audit);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
