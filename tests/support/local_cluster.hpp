@@ -55,7 +55,10 @@ struct replica_def {
 
 class local_cluster {
  public:
-  local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas)
+  /// `extra_yaml` is appended to the config (auth, tenants, ...). With `start_workers` false only
+  /// the router's node starts; start_node() starts the others.
+  local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
+                const std::string& extra_yaml = "", bool start_workers = true)
       : nodes_(std::move(nodes)) {
     std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path + "\nnodes:\n";
     for (auto& n : nodes_) {
@@ -69,6 +72,8 @@ class local_cluster {
         if (r == "gateway") {
           rpc_port_ = free_port();
           y += "    rpc_port: " + std::to_string(rpc_port_) + "\n";
+          http_port_ = free_port();
+          y += "    http_port: " + std::to_string(http_port_) + "\n";
         }
       }
     }
@@ -80,12 +85,14 @@ class local_cluster {
            std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
            "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n";
     }
+    y += extra_yaml;
     dir_.write("cluster.yaml", y);
     // Worker-only nodes first, like `shoal up`.
     for (int pass = 0; pass < 2; ++pass) {
       for (auto& n : nodes_) {
         const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
         if (router != (pass == 1)) continue;
+        if (!router && !start_workers) continue;
         start(n.name);
       }
     }
@@ -108,6 +115,11 @@ class local_cluster {
 
   std::string config_path() const { return dir_ / "cluster.yaml"; }
   int rpc_port() const { return rpc_port_; }
+  int http_port() const { return http_port_; }
+  std::string log(const std::string& node) const { return dir_ / (node + ".log"); }
+
+  /// Starts a node that the constructor left out.
+  void start_node(const std::string& name) { start(name); }
   int metrics_port(const std::string& node) const { return metrics_ports_.at(node); }
   pid_t pid(const std::string& node) const { return pids_.at(node); }
 
@@ -163,6 +175,7 @@ class local_cluster {
   std::map<std::string, int> metrics_ports_;
   std::map<std::string, pid_t> pids_;
   int rpc_port_ = 0;
+  int http_port_ = 0;
 };
 
 }  // namespace shoal::test
