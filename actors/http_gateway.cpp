@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <kj/compat/http.h>
+#include <kj/debug.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -235,11 +236,37 @@ class sse_writer {
   kj::Promise<void> tail_ = kj::READY_NOW;
 };
 
+std::string peer_address(kj::AsyncIoStream& s) {
+  sockaddr_storage addr{};
+  kj::uint len = sizeof addr;
+  try {
+    s.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
+  } catch (...) {
+    return "";
+  }
+  char host[INET6_ADDRSTRLEN] = {};
+  if (addr.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
+  }
+  if (addr.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
+  }
+  return "";
+}
+
 class openai_service final : public kj::HttpService {
  public:
   openai_service(front_door& door, const kj::HttpHeaderTable& table, kj::HttpHeaderId authorization,
-                 std::string peer)
-      : door_(door), table_(table), authorization_(authorization), peer_(std::move(peer)) {}
+                 kj::AsyncIoStream& connection)
+      : door_(door),
+        table_(table),
+        authorization_(authorization),
+        connection_(connection),
+        peer_(peer_address(connection)) {}
 
   kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders& headers,
                             kj::AsyncInputStream& body, Response& response) override {
@@ -603,6 +630,11 @@ class openai_service final : public kj::HttpService {
     auto guard = kj::defer([this, keys = j.keys] {
       for (auto k : keys) door_.abandon(k);
     });
+    // A client that hangs up stops its generations at once; without this a non-streamed request
+    // would only notice when its answer could not be written.
+    auto hung_up = connection_.whenWriteDisconnected().then([]() -> kj::Promise<void> {
+      return KJ_EXCEPTION(DISCONNECTED, "the client disconnected");
+    });
     return kj::joinPromises(submitted.releaseAsArray())
         .then([this, &response, &j](kj::Array<submit_result> results) -> kj::Promise<void> {
           for (const auto& r : results) {
@@ -613,6 +645,7 @@ class openai_service final : public kj::HttpService {
           }
           return j.stream ? stream(response, j) : collect(response, j);
         })
+        .exclusiveJoin(kj::mv(hung_up))
         .attach(kj::mv(guard), kj::mv(owned));
   }
 
@@ -750,6 +783,7 @@ class openai_service final : public kj::HttpService {
   front_door& door_;
   const kj::HttpHeaderTable& table_;
   kj::HttpHeaderId authorization_;
+  kj::AsyncIoStream& connection_;  // owned by the server's connection, which owns this service
   std::string peer_;
 };
 
@@ -760,8 +794,11 @@ class json_errors final : public kj::HttpServerErrorHandler {
 
   kj::Promise<void> handleClientProtocolError(kj::HttpHeaders::ProtocolError e,
                                               kj::HttpService::Response& response) override {
-    return reply(response, e.statusCode,
-                 http_error{e.statusCode, "invalid_request_error", "bad_request",
+    // kj says 501 for a request line whose method it does not know: to a client that is a
+    // malformed request like any other.
+    const unsigned status = e.statusCode >= 400 && e.statusCode < 500 ? e.statusCode : 400;
+    return reply(response, status,
+                 http_error{status, "invalid_request_error", "bad_request",
                             std::string("malformed HTTP request: ") + e.description.cStr(), ""});
   }
 
@@ -788,28 +825,6 @@ class json_errors final : public kj::HttpServerErrorHandler {
   const kj::HttpHeaderTable& table_;
 };
 
-std::string peer_address(kj::AsyncIoStream& s) {
-  sockaddr_storage addr{};
-  kj::uint len = sizeof addr;
-  try {
-    s.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
-  } catch (...) {
-    return "";
-  }
-  char host[INET6_ADDRSTRLEN] = {};
-  if (addr.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
-  }
-  if (addr.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
-  }
-  return "";
-}
-
 class http_gateway_impl final : public http_gateway {
  public:
   http_gateway_impl(front_door& door, kj::Timer& timer)
@@ -831,7 +846,7 @@ class http_gateway_impl final : public http_gateway {
     return kj::heap<kj::HttpServer>(
         timer, *table_,
         [this](kj::AsyncIoStream& conn) -> kj::Own<kj::HttpService> {
-          return kj::heap<openai_service>(door_, *table_, authorization_, peer_address(conn));
+          return kj::heap<openai_service>(door_, *table_, authorization_, conn);
         },
         settings);
   }
