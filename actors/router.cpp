@@ -209,6 +209,14 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         // its next stats report.
         ++r->stats.waiting;
         const std::string tenant_name = who->tenant;
+        const std::string replica_name = r->spec.name;
+        // A refusal from the batcher changes nothing there, so no stats report will correct the
+        // count above: undo it here, or a run of invalid requests would make the replica look full.
+        auto uncount = [=] {
+          for (auto& e : self->state.replicas) {
+            if (e.spec.name == replica_name && e.stats.waiting > 0) --e.stats.waiting;
+          }
+        };
         auto t = self->spawn(tracker, req.sink, finish_listener{self}, r->batcher, tenant_name, req.id);
         req.sink = caf::actor_cast<sink_actor>(t);
         auto rp = self->make_response_promise<submit_result>();
@@ -216,6 +224,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
             .then(
                 [=](const submit_result& res) mutable {
                   if (!res.accepted) {
+                    uncount();
                     self->state.limiter->release(tenant_name);
                     caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
                   }
@@ -223,6 +232,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
                   if (res.accepted) caf::anon_send(t, open_atom::value);
                 },
                 [=](caf::error& e) mutable {
+                  uncount();
                   self->state.limiter->release(tenant_name);
                   caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
                   rp.deliver(refuse("", errc::unavailable, "replica did not answer: " + self->system().render(e)));

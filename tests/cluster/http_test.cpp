@@ -266,6 +266,14 @@ BOOST_AUTO_TEST_CASE(malformed_requests_get_json_4xx, *boost::unit_test::precond
       check(http_request("127.0.0.1", port, "GET", "/v1/completions"), "wrong method");
     }
   }
+  // Requests that only the replica can refuse (a token id outside the vocabulary, more tokens than
+  // the context holds), more of them than its queue is long: refused one by one, they must not
+  // leave the router thinking the queue is full.
+  for (int i = 0; i < 300; ++i) {
+    check(http_raw("127.0.0.1", port, raw_post("/v1/completions", i % 2 ? "{\"prompt\": [1, 99999]}"
+                                                                        : "{\"prompt\": \"x\", \"max_tokens\": 100000}")),
+          "refused by the replica");
+  }
   BOOST_TEST_MESSAGE(sent << " malformed requests sent");
   BOOST_TEST(bad == 0, bad << " of " << sent << " malformed requests were not answered 4xx with a JSON error; first: "
                            << first_bad);
