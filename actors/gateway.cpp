@@ -4,6 +4,8 @@
 
 #include "actors/gateway.hpp"
 
+#include <kj/compat/http.h>
+
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
@@ -23,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/front_door.hpp"
+#include "actors/http_gateway.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
 #include "engine/tokenizer/chat_template.hpp"
@@ -81,14 +85,6 @@ class inbox {
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> wake_;
 };
 
-/// A router answer as the loop sees it: a value, or an errc name and a message.
-template <class T>
-struct outcome {
-  std::optional<T> value;
-  std::string code;
-  std::string message;
-};
-
 std::string str(capnp::Text::Reader t) {
   return std::string(t.begin(), t.size());
 }
@@ -135,6 +131,8 @@ struct generation {
   kj::Maybe<rpc::TokenSink::Client> sink;
   kj::Own<kj::PromiseFulfiller<submit_result>> submitted;
   kj::Own<kj::PromiseFulfiller<generation_summary>> finished;  // collecting only
+  bool pull = false;                                          // tokens wait for next()
+  kj::Own<kj::PromiseFulfiller<pulled>> waiting;              // pull: a next() call waiting
   bool accepted = false;
   bool cancel_wanted = false;
   bool cancel_sent = false;
@@ -162,7 +160,7 @@ sink_actor::behavior_type bridge(sink_actor::pointer self, std::shared_ptr<inbox
                                  gateway_loop* loop, std::uint64_t key, router_actor router,
                                  generate_request req, caf::timespan timeout);
 
-class gateway_loop : public kj::TaskSet::ErrorHandler {
+class gateway_loop : public kj::TaskSet::ErrorHandler, public front_door {
  public:
   gateway_loop(caf::actor_system& sys, router_actor router, gateway_options opts)
       : sys_(sys),
@@ -176,7 +174,7 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
     id_prefix_ = std::string("rpc-") + buf + "-";
   }
 
-  const gateway_options& options() const { return opts_; }
+  const gateway_options& options() const override { return opts_; }
 
   /// Runs the tasks CAF threads post, until the loop exits.
   kj::Promise<void> drain_inbox() {
@@ -239,7 +237,7 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
   }
 
   /// Starts a generation: streaming to `sink` when given, collecting otherwise.
-  started start(generate_request req, kj::Maybe<rpc::TokenSink::Client> sink) {
+  started start(generate_request req, kj::Maybe<rpc::TokenSink::Client> sink, bool pull = false) {
     const auto key = ++next_key_;
     if (req.id.empty()) req.id = id_prefix_ + std::to_string(key);
     auto g = kj::heap<generation>();
@@ -248,9 +246,10 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
     auto submitted = kj::newPromiseAndFulfiller<submit_result>();
     g->submitted = kj::mv(submitted.fulfiller);
     started s{key, kj::mv(submitted.promise), nullptr};
+    g->pull = pull;
     KJ_IF_MAYBE (client, sink) {
       g->sink = kj::mv(*client);
-    } else {
+    } else if (!pull) {
       auto finished = kj::newPromiseAndFulfiller<generation_summary>();
       g->finished = kj::mv(finished.fulfiller);
       s.finished = kj::mv(finished.promise);
@@ -281,6 +280,11 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
   void on_chunk(std::uint64_t key, const token_chunk& c) {
     auto* g = find(key);
     if (!g || !g->consumer) return;
+    if (g->pull) {
+      g->queued.push_back(c);
+      deliver_pull(key);
+      return;
+    }
     if (g->sink == nullptr) {
       g->ids.insert(g->ids.end(), c.ids.begin(), c.ids.end());
       g->text += c.text;
@@ -296,6 +300,8 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
     g->summary = s;
     if (!g->consumer) {
       forget(key);
+    } else if (g->pull) {
+      deliver_pull(key);
     } else if (g->sink == nullptr) {
       g->finished->fulfill(generation_summary(s));
     } else {
@@ -317,7 +323,7 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
 
   /// The client can no longer take the result (its call was cancelled, its sink failed): cancel,
   /// and drop the generation once its summary arrives.
-  void abandon(std::uint64_t key) {
+  void abandon(std::uint64_t key) override {
     auto* g = find(key);
     if (!g) return;
     if (g->summary) {
@@ -326,7 +332,72 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
     }
     g->consumer = false;
     g->queued.clear();
+    g->waiting = nullptr;
     cancel(key);
+  }
+
+  // ---- front_door (the HTTP server)
+
+  started_pull start_pull(generate_request req) override {
+    auto s = start(std::move(req), nullptr, true);
+    return {s.key, kj::mv(s.submitted)};
+  }
+
+  kj::Promise<pulled> next(std::uint64_t key) override {
+    auto* g = find(key);
+    if (!g) {
+      pulled p;
+      p.summary.emplace();
+      p.summary->finish_reason = "error";
+      p.summary->error_code = to_string(errc::internal);
+      p.summary->error_message = "the gateway has no generation " + std::to_string(key);
+      return p;
+    }
+    auto paf = kj::newPromiseAndFulfiller<pulled>();
+    g->waiting = kj::mv(paf.fulfiller);
+    deliver_pull(key);
+    return kj::mv(paf.promise);
+  }
+
+  kj::Promise<outcome<cluster_status>> status() override { return ask<cluster_status>(status_atom::value); }
+
+  std::string render_chat(const std::string& model, const nlohmann::ordered_json& messages,
+                          const nlohmann::ordered_json& tools, bool add_generation_prompt) override {
+    if (opts_.models.empty()) {
+      throw error(errc::unsupported, "this gateway was started without model paths, so it cannot render chats");
+    }
+    if (!messages.is_array()) throw error(errc::invalid_argument, "the messages must be a JSON array");
+    if (messages.empty()) throw error(errc::invalid_argument, "the chat has no messages");
+    for (const auto& m : messages) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+        throw error(errc::invalid_argument, "every chat message needs a string \"role\"");
+      }
+    }
+    const auto& tok = model_tokenizer(model);
+    if (!tok.chat_template()) {
+      throw error(errc::unsupported,
+                  "model '" + (model.empty() ? opts_.models.front().first : model) + "' has no chat template");
+    }
+    chat_template_vars vars;
+    vars.messages = messages;
+    vars.tools = tools;
+    vars.add_generation_prompt = add_generation_prompt;
+    vars.bos_token = tok.bos_token();
+    vars.eos_token = tok.eos_token();
+    auto prompt = render_chat_template(*tok.chat_template(), vars);
+    if (prompt.size() > static_cast<std::size_t>(opts_.max_prompt_bytes)) {
+      throw error(errc::out_of_range, "the rendered chat is " + std::to_string(prompt.size()) +
+                                          " bytes; this gateway accepts at most " +
+                                          std::to_string(opts_.max_prompt_bytes));
+    }
+    return prompt;
+  }
+
+  std::optional<std::string> served_name(const std::string& model) const override {
+    if (opts_.models.empty()) return model;
+    if (model.empty()) return opts_.models.front().first;
+    if (model_path(model)) return model;
+    return std::nullopt;
   }
 
   void forget(std::uint64_t key) {
@@ -395,6 +466,19 @@ class gateway_loop : public kj::TaskSet::ErrorHandler {
     explicit pending(kj::Own<kj::PromiseFulfiller<outcome<T>>> f) : fulfiller(kj::mv(f)) {}
     kj::Own<kj::PromiseFulfiller<outcome<T>>> fulfiller;
   };
+
+  // Hands what has arrived to a waiting next() call; the generation ends with its summary.
+  void deliver_pull(std::uint64_t key) {
+    auto* g = find(key);
+    if (!g || !g->waiting || (g->queued.empty() && !g->summary)) return;
+    pulled p;
+    p.chunks = std::move(g->queued);
+    g->queued.clear();
+    p.summary = g->summary;
+    auto f = kj::mv(g->waiting);
+    if (p.summary) forget(key);
+    f->fulfill(kj::mv(p));
+  }
 
   // Sends the next coalesced chunk, or `done` once the summary is in and nothing is queued.
   void pump(std::uint64_t key) {
@@ -784,48 +868,26 @@ class shoal_impl final : public rpc::Shoal::Server {
 
   // Renders the chat with the model's template into req.prompt (BOS comes from the template).
   std::optional<refusal> render(rpc::ChatRequest::Reader chat, generate_request& req) {
-    if (loop_.options().models.empty()) {
-      return refusal{errc::unsupported,
-                     "this gateway was started without model paths, so it cannot render chats"};
-    }
     try {
-      chat_template_vars vars;
+      nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+      nlohmann::ordered_json tools = nullptr;
       if (chat.hasMessagesJson() && chat.getMessagesJson().size() > 0) {
-        vars.messages = nlohmann::ordered_json::parse(str(chat.getMessagesJson()));
-        if (!vars.messages.is_array())
+        messages = nlohmann::ordered_json::parse(str(chat.getMessagesJson()));
+        if (!messages.is_array())
           return refusal{errc::invalid_argument, "messagesJson must be a JSON array"};
       } else {
         for (auto m : chat.getMessages()) {
-          vars.messages.push_back({{"role", str(m.getRole())}, {"content", str(m.getContent())}});
-        }
-      }
-      if (vars.messages.empty()) return refusal{errc::invalid_argument, "the chat has no messages"};
-      for (const auto& m : vars.messages) {
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-          return refusal{errc::invalid_argument, "every chat message needs a string \"role\""};
+          messages.push_back({{"role", str(m.getRole())}, {"content", str(m.getContent())}});
         }
       }
       if (chat.hasToolsJson() && chat.getToolsJson().size() > 0) {
-        vars.tools = nlohmann::ordered_json::parse(str(chat.getToolsJson()));
+        tools = nlohmann::ordered_json::parse(str(chat.getToolsJson()));
       }
-      vars.add_generation_prompt = chat.getAddGenerationPrompt();
-      const auto& tok = loop_.model_tokenizer(req.model);
-      if (!tok.chat_template()) {
-        return refusal{errc::unsupported,
-                       "model '" +
-                           (req.model.empty() ? loop_.options().models.front().first : req.model) +
-                           "' has no chat template"};
-      }
-      vars.bos_token = tok.bos_token();
-      vars.eos_token = tok.eos_token();
-      req.prompt = render_chat_template(*tok.chat_template(), vars);
+      req.prompt = loop_.render_chat(req.model, messages, tools, chat.getAddGenerationPrompt());
     } catch (const nlohmann::json::exception& e) {
       return refusal{errc::invalid_argument, std::string("invalid chat JSON: ") + e.what()};
     } catch (const error& e) {
       return refusal{e.code(), e.what()};
-    }
-    if (req.prompt.size() > static_cast<std::size_t>(loop_.options().max_prompt_bytes)) {
-      return refusal{errc::out_of_range, too_long(req.prompt.size())};
     }
     req.prompt_ids.clear();
     req.add_special = false;
@@ -876,6 +938,7 @@ class gateway_impl final : public gateway_server {
   ~gateway_impl() noexcept override { stop(); }
 
   std::int32_t port() const override { return port_; }
+  std::int32_t http_port() const override { return http_port_; }
 
   void stop() override {
     if (!thread_.joinable()) return;
@@ -903,6 +966,21 @@ class gateway_impl final : public gateway_server {
         return;
       }
       port_ = static_cast<std::int32_t>(listener->getPort());
+      kj::Own<kj::ConnectionReceiver> http_listener;
+      if (opts.http) {
+        KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                       auto addr = io.provider->getNetwork()
+                                       .parseAddress(opts.host, static_cast<unsigned>(opts.http_port))
+                                       .wait(io.waitScope);
+                       http_listener = addr->listen();
+                     })) {
+          ready.set_exception(std::make_exception_ptr(error(
+              errc::unavailable, "the HTTP gateway cannot listen on " + opts.host + ":" +
+                                     std::to_string(opts.http_port) + ": " + e->getDescription().cStr())));
+          return;
+        }
+        http_port_ = static_cast<std::int32_t>(http_listener->getPort());
+      }
       capnp::ReaderOptions limits;
       limits.traversalLimitInWords = opts.max_message_words;
       limits.nestingLimit = opts.max_nesting;
@@ -921,11 +999,18 @@ class gateway_impl final : public gateway_server {
         });
         auto accepting =
             accept_loop(*listener, bootstrap, limits, connections, io.provider->getTimer());
+        // The HTTP API on the same loop: it reaches the router through `loop` as the RPC does.
+        kj::Own<http_gateway> http;
+        if (http_listener) {
+          http = make_http_gateway(loop, io.provider->getTimer());
+          accepting = accepting.exclusiveJoin(http->listen(*http_listener));
+        }
         stop.promise.exclusiveJoin(kj::mv(accepting)).wait(io.waitScope);
         // Stop accepting; cancel what is in flight and give clients a moment to receive their
         // "cancelled" summaries; then drop the connections (and with them the RPC objects that
         // refer to `loop`).
         listener = nullptr;
+        http_listener = nullptr;
         loop.cancel_all()
             .exclusiveJoin(io.provider->getTimer().afterDelay(stop_grace_ms * kj::MILLISECONDS))
             .wait(io.waitScope);
@@ -971,6 +1056,7 @@ class gateway_impl final : public gateway_server {
 
   std::thread thread_;
   std::atomic<std::int32_t> port_{0};
+  std::atomic<std::int32_t> http_port_{0};
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
 };
 

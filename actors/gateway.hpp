@@ -1,7 +1,8 @@
 #pragma once
-// The Cap'n Proto front door (schemas/shoal.capnp): a kj event loop on its own thread serving the
-// `Shoal` bootstrap interface, bridging each call to the router's mailbox. Only this component and
-// the client library include the generated schema headers.
+// The front doors: a kj event loop on its own thread serving the Cap'n Proto `Shoal` bootstrap
+// interface (schemas/shoal.capnp) and, when configured, the OpenAI-compatible HTTP API
+// (actors/http_gateway.hpp) on the same loop, bridging each call to the router's mailbox. Only this
+// component and the client library include the generated schema headers.
 
 #include <caf/all.hpp>
 
@@ -25,6 +26,10 @@ struct gateway_options {
   /// leaves unknown-model checks to the router.
   std::vector<std::pair<std::string, std::string>> models;
   std::int32_t query_timeout_ms = 5000;         // router answers to tokenize/status/submit. Default: 5000
+  bool http = false;                            // serve the OpenAI-compatible HTTP API. Default: false
+  std::int32_t http_port = 0;                   // its port; 0: any free port (see http_port())
+  std::int64_t max_body_bytes = 4 << 20;        // HTTP request bodies above this answer 413. Default: 4 MiB
+  std::int32_t max_n = 16;                      // most choices (`n`) one HTTP request may ask for. Default: 16
 };
 
 class gateway_server {
@@ -32,6 +37,8 @@ class gateway_server {
   virtual ~gateway_server() = default;
   /// The port it listens on.
   virtual std::int32_t port() const = 0;
+  /// The port of the HTTP API (0 when it is not served).
+  virtual std::int32_t http_port() const = 0;
   /// Stops accepting, cancels in-flight generations, joins the event loop thread.
   virtual void stop() = 0;
 };

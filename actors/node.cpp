@@ -192,9 +192,15 @@ int run_node(const node_run_options& o) {
         go.host = node->host;
         go.port = node->rpc_port;
         for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
+        go.http = node->http_port > 0;
+        go.http_port = node->http_port;
         gateway = start_gateway(sys, router, go);
         std::cout << "shoal node " << node->name << ": Cap'n Proto RPC on " << node->host << ":" << gateway->port()
                   << std::endl;
+        if (go.http) {
+          std::cout << "shoal node " << node->name << ": OpenAI-compatible HTTP on http://" << node->host << ":"
+                    << gateway->http_port() << "/v1" << std::endl;
+        }
       }
     }
   } catch (...) {

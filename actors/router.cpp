@@ -357,6 +357,14 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
     // Count it against the replica now, so a burst does not all land on one replica before
     // its next stats report.
     ++r->stats.waiting;
+    const std::string replica_name = r->spec.name;
+    // A refusal from the batcher changes nothing there, so no stats report will correct the
+    // count above: undo it here, or a run of invalid requests would make the replica look full.
+    auto uncount = [=] {
+      for (auto& e : self->state.replicas) {
+        if (e.spec.name == replica_name && e.stats.waiting > 0) --e.stats.waiting;
+      }
+    };
     auto t = self->spawn(tracker, req.sink, finish_listener{self}, r->batcher, ctx, req.id);
     req.sink = caf::actor_cast<sink_actor>(t);
     const std::string tenant = ctx->tenant;
@@ -364,6 +372,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         .then(
             [=](const submit_result& res) mutable {
               if (!res.accepted) {
+                uncount();
                 self->state.limiter->release(tenant);
                 caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
                 audit_async(self, ctx->record, "error", res.error_code, res.error_message);
@@ -372,6 +381,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
               if (res.accepted) caf::anon_send(t, open_atom::value);
             },
             [=](caf::error& e) mutable {
+              uncount();
               self->state.limiter->release(tenant);
               caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
               const auto msg = "replica did not answer: " + self->system().render(e);

@@ -55,9 +55,10 @@ struct replica_def {
 
 class local_cluster {
  public:
-  /// `extra_yaml` is appended to the generated config (tenants, domains, alerts, cache ...).
+  /// `extra_yaml` is appended to the config (auth, tenants, ...). With `start_workers` false only
+  /// the router's node starts; start_node() starts the others.
   local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
-                const std::string& extra_yaml = "")
+                const std::string& extra_yaml = "", bool start_workers = true)
       : nodes_(std::move(nodes)) {
     std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path + "\nnodes:\n";
     for (auto& n : nodes_) {
@@ -71,6 +72,8 @@ class local_cluster {
         if (r == "gateway") {
           rpc_port_ = free_port();
           y += "    rpc_port: " + std::to_string(rpc_port_) + "\n";
+          http_port_ = free_port();
+          y += "    http_port: " + std::to_string(http_port_) + "\n";
         }
       }
     }
@@ -89,6 +92,7 @@ class local_cluster {
       for (auto& n : nodes_) {
         const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
         if (router != (pass == 1)) continue;
+        if (!router && !start_workers) continue;
         start(n.name);
       }
     }
@@ -111,6 +115,12 @@ class local_cluster {
 
   std::string config_path() const { return dir_ / "cluster.yaml"; }
   int rpc_port() const { return rpc_port_; }
+  int http_port() const { return http_port_; }
+  std::string log(const std::string& node) const { return dir_ / (node + ".log"); }
+
+  /// Starts a node that the constructor left out.
+  /// Starts a node (one held back, or again after kill_node: same config and data directory).
+  void start_node(const std::string& name) { start(name); }
   int metrics_port(const std::string& node) const { return metrics_ports_.at(node); }
   pid_t pid(const std::string& node) const { return pids_.at(node); }
 
@@ -138,9 +148,6 @@ class local_cluster {
   /// Where a node keeps its answer cache and audit store.
   std::string data_dir(const std::string& node) const { return dir_ / ("data-" + node); }
   std::string dir() const { return dir_.path(); }
-
-  /// Starts a node again (after kill_node), with the same config and data directory.
-  void restart(const std::string& node) { start(node); }
 
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
@@ -174,6 +181,7 @@ class local_cluster {
   std::map<std::string, int> metrics_ports_;
   std::map<std::string, pid_t> pids_;
   int rpc_port_ = 0;
+  int http_port_ = 0;
 };
 
 }  // namespace shoal::test

@@ -161,6 +161,10 @@ int run_up(const up_args& a) {
             << (cfg.nodes.size() > 1 ? "s" : "") << ")\n";
   std::cout << "  Cap'n Proto RPC   " << front.host << ":" << front.rpc_port
             << "   (shoal client generate --connect " << front.host << ":" << front.rpc_port << " --prompt ...)\n";
+  if (front.http_port) {
+    std::cout << "  OpenAI HTTP API   http://" << front.host << ":" << front.http_port
+              << "/v1   (/livez, /readyz)\n";
+  }
   for (const auto& n : cfg.nodes) {
     if (n.metrics_port) std::cout << "  metrics           http://" << n.host << ":" << n.metrics_port << "/metrics  (" << n.name << ")\n";
   }
