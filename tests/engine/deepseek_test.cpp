@@ -688,6 +688,24 @@ BOOST_AUTO_TEST_CASE(fp8_without_scales_is_named) {
   fs::remove_all(q);
 }
 
+// Splitting MLA heads / experts across tensor-parallel ranks is not implemented: asking for it must
+// fail loudly rather than compute a wrong split.
+BOOST_AUTO_TEST_CASE(tensor_parallel_is_refused, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  struct no_comm final : shoal::communicator {
+    int rank() const override { return 0; }
+    int world_size() const override { return 2; }
+    void all_reduce_sum(float*, std::size_t) override {}
+  } comm;
+  auto m = shoal::model::load(shared_path(kTiny));
+  auto be = shoal::kernels::make_reference_backend();
+  try {
+    shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 2}, &comm, {});
+    BOOST_ERROR("a 2-way tensor-parallel DeepSeek runner should be refused");
+  } catch (const shoal::error& e) {
+    BOOST_TEST(std::string(e.what()).find("not implemented") != std::string::npos, e.what());
+  }
+}
+
 // The DeepSeek-V3 chat template through `shoal generate --chat-file` on the tiny model (which
 // carries the real tokenizer and template): the prompt ids are the golden rendering's ids, tool
 // calls included.
