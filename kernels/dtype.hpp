@@ -19,6 +19,8 @@ enum class dtype : std::uint8_t {
   q6_k,  // GGUF: super-blocks of 256 (210 bytes), 16 sub-blocks with int8 scales
   i8,    // per-output-channel symmetric int8: x = scale[row] * q (scales in matrix::scales)
   i4,    // group-wise symmetric int4, two per byte (low nibble first), x = scale[row, g] * (nibble - 8)
+  f8_e4m3,  // float8_e4m3fn, one per byte, x = scale[row, col / group_size] * fp8 (DeepSeek's
+            // 128x128 weight_scale_inv blocks, expanded to per-row scales when loaded)
 };
 
 inline const char* to_string(dtype t) {
@@ -32,6 +34,7 @@ inline const char* to_string(dtype t) {
     case dtype::q6_k: return "Q6_K";
     case dtype::i8: return "I8";
     case dtype::i4: return "I4";
+    case dtype::f8_e4m3: return "F8_E4M3";
   }
   return "?";
 }
@@ -57,6 +60,7 @@ inline std::int64_t dtype_block_bytes(dtype t) {
     case dtype::q6_k: return 210;
     case dtype::i8: return 1;
     case dtype::i4: return 1;
+    case dtype::f8_e4m3: return 1;
   }
   return 0;
 }
@@ -65,7 +69,9 @@ inline std::int64_t dtype_block_bytes(dtype t) {
 inline std::int64_t dtype_bytes(dtype t, std::int64_t n) { return n / dtype_block_size(t) * dtype_block_bytes(t); }
 
 /// Whether the matrix carries its scales outside the data (matrix::scales).
-inline bool dtype_has_external_scales(dtype t) { return t == dtype::i8 || t == dtype::i4; }
+inline bool dtype_has_external_scales(dtype t) {
+  return t == dtype::i8 || t == dtype::i4 || t == dtype::f8_e4m3;
+}
 
 // Kept for call sites that only deal with plain floating types.
 inline std::size_t dtype_size(dtype t) { return static_cast<std::size_t>(dtype_block_bytes(t)); }
@@ -97,6 +103,46 @@ inline std::uint16_t f32_to_f16(float f) {
   std::uint16_t h;
   std::memcpy(&h, &v, 2);
   return h;
+}
+
+/// float8_e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities, S.1111.111
+/// is NaN; largest finite 448).
+inline float f8_e4m3_to_f32(std::uint8_t b) {
+  const int exp = (b >> 3) & 0xF, man = b & 0x7;
+  float v;
+  if ((b & 0x7F) == 0x7F) {
+    v = __builtin_nanf("");
+  } else if (exp == 0) {
+    v = static_cast<float>(man) * 0x1p-9f;  // subnormal: man/8 * 2^-6
+  } else {
+    v = __builtin_ldexpf(1.0f + static_cast<float>(man) / 8.0f, exp - 7);
+  }
+  return (b & 0x80) ? -v : v;
+}
+
+/// Round to nearest even, saturating at +-448 (the scale is chosen so nothing should saturate).
+inline std::uint8_t f32_to_f8_e4m3(float f) {
+  std::uint8_t sign = 0;
+  if (f < 0.0f) {
+    sign = 0x80;
+    f = -f;
+  }
+  if (!(f == f)) return 0x7F;
+  if (f >= 448.0f) return static_cast<std::uint8_t>(sign | 0x7E);
+  if (f < 0x1p-6f) {  // subnormals (and zero): steps of 2^-9; 8 steps is the smallest normal
+    const float q = __builtin_nearbyintf(f * 512.0f);  // default rounding mode: ties to even
+    return static_cast<std::uint8_t>(sign | static_cast<int>(q));
+  }
+  int e = 0;
+  const float m = __builtin_frexpf(f, &e);  // f = m * 2^e, m in [0.5, 1)
+  int exp = e - 1;                          // f = (2m) * 2^exp, 2m in [1, 2)
+  int man = static_cast<int>(__builtin_nearbyintf((2.0f * m - 1.0f) * 8.0f));
+  if (man == 8) {
+    man = 0;
+    ++exp;
+  }
+  const int code = ((exp + 7) << 3) | man;
+  return static_cast<std::uint8_t>(sign | (code > 0x7E ? 0x7E : code));
 }
 
 }  // namespace shoal

@@ -66,8 +66,10 @@ constexpr const char* kSupportedGgufTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q
 // Weight-only quantization of an HF-layout directory written by `shoal quantize` (README,
 // "Quantized formats"): config.json's quantization_config names the method.
 struct hf_quantization {
-  std::string method;          // "" (none), "shoal-int8", "shoal-int4"
+  std::string method;          // "" (none), "shoal-int8", "shoal-int4", "fp8"
   std::int64_t group_size = 0; // shoal-int4: columns per scale
+  std::int64_t fp8_block_rows = 128;  // fp8: weight_scale_inv blocks. Default: 128 x 128
+  std::int64_t fp8_block_cols = 128;
 };
 
 hf_quantization parse_quantization_config(const nlohmann::json& j, const std::string& file) {
@@ -90,8 +92,24 @@ hf_quantization parse_quantization_config(const nlohmann::json& j, const std::st
     }
     return q;
   }
+  if (q.method == "fp8") {
+    // DeepSeek's published layout: float8_e4m3fn weights, F32 weight_scale_inv per block.
+    if (qc.contains("fmt") && qc["fmt"] != "e4m3") {
+      throw error(errc::unsupported, file + ": quantization_config fmt " + qc["fmt"].dump() + " is not supported (e4m3)");
+    }
+    if (qc.contains("weight_block_size")) {
+      const auto& bs = qc["weight_block_size"];
+      if (!bs.is_array() || bs.size() != 2 || !bs[0].is_number_integer() || !bs[1].is_number_integer() ||
+          bs[0].get<std::int64_t>() <= 0 || bs[1].get<std::int64_t>() <= 0) {
+        throw error(errc::corrupt_file, file + ": quantization_config weight_block_size must be two positive integers, got " + bs.dump());
+      }
+      q.fp8_block_rows = bs[0].get<std::int64_t>();
+      q.fp8_block_cols = bs[1].get<std::int64_t>();
+    }
+    return q;
+  }
   throw error(errc::unsupported, file + ": quantization_config quant_method '" + q.method +
-                                     "' is not supported (shoal-int8, shoal-int4; or GGUF Q8_0/Q4_0/Q4_K/Q6_K files)");
+                                     "' is not supported (shoal-int8, shoal-int4, fp8; or GGUF Q8_0/Q4_0/Q4_K/Q6_K files)");
 }
 
 // Typed access to config.json values with messages that name the file and key.
@@ -113,6 +131,22 @@ class json_config {
     auto x = v.get<std::int64_t>();
     if (x <= 0) throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be positive, got " + v.dump());
     return x;
+  }
+
+  /// A non-negative integer where 0 (or null) means "none" (DeepSeek's q_lora_rank, n_shared_experts).
+  std::int64_t get_count(const std::string& key, std::int64_t fallback) const {
+    if (!has(key)) return fallback;
+    const auto& v = j_[key];
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 0) {
+      throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be a non-negative integer, got " + v.dump());
+    }
+    return v.get<std::int64_t>();
+  }
+
+  std::string get_string(const std::string& key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_[key].is_string()) throw error(errc::corrupt_file, file_ + ": key '" + key + "' must be a string, got " + j_[key].dump());
+    return j_[key].get<std::string>();
   }
 
   double get_float(const std::string& key, double fallback) const {
@@ -320,6 +354,7 @@ class weight_binder {
     if (!quant_.method.empty() && (t.dtype_name == "I8" || t.dtype_name == "U8")) {
       return hf_quantized(t, rows, cols);
     }
+    if (t.dtype_name == "F8_E4M3") return fp8(t, rows, cols);
     check_shape(t, {rows, cols});
     if (!t.type) {
       const bool gguf = gguf_;
@@ -379,6 +414,34 @@ class weight_binder {
     return weight{t.name, m};
   }
 
+  // float8_e4m3fn [rows, cols] + `name`_scale_inv F32 [ceil(rows / br), ceil(cols / bc)], the
+  // multiplier of each br x bc block (edge blocks partial). Expanded here to one scale per row and
+  // column block so a row slice of the matrix is still a matrix.
+  weight fp8(const tensor_ref& t, std::int64_t rows, std::int64_t cols) const {
+    check_shape(t, {rows, cols});
+    if (t.nbytes != static_cast<std::uint64_t>(rows * cols)) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + t.name + "' holds " + std::to_string(t.nbytes) +
+                                          " bytes, not one per element");
+    }
+    const std::string scale_name = t.name + "_scale_inv";
+    const tensor_ref* s = find(scale_name);
+    if (!s) {
+      throw error(errc::corrupt_file, t.file + ": tensor '" + t.name + "' is float8_e4m3fn but its block scales '" +
+                                          scale_name + "' are missing");
+    }
+    const std::int64_t br = quant_.fp8_block_rows, bc = quant_.fp8_block_cols;
+    const std::int64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+    check_shape(*s, {sr, sc});
+    const std::vector<float> blocks = to_f32_vector(*s);
+    owned_->emplace_back(static_cast<std::size_t>(rows * sc));
+    auto& per_row = owned_->back();
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::memcpy(per_row.data() + r * sc, blocks.data() + (r / br) * sc, static_cast<std::size_t>(sc) * 4);
+    }
+    kernels::matrix m{t.data, dtype::f8_e4m3, rows, cols, cols, per_row.data(), sc, bc};
+    return weight{t.name, m};
+  }
+
   std::vector<float> vector(const std::string& name, std::int64_t n) const {
     const auto& t = require(name);
     check_shape(t, {n});
@@ -397,6 +460,144 @@ class weight_binder {
   hf_quantization quant_;
   std::deque<std::vector<float>>* owned_;
 };
+
+// DeepSeek-V2/V3 config.json keys (defaults as each architecture's Hugging Face config class has
+// them), checked for consistency so a bad file fails here, naming the keys, not mid-forward.
+void parse_deepseek_config(const json_config& c, const std::string& file, model_config& cfg) {
+  const bool v3 = cfg.architecture == "DeepseekV3ForCausalLM";
+  auto& a = cfg.mla;
+  a.q_lora_rank = c.get_count("q_lora_rank", 0);
+  a.kv_lora_rank = c.get_int("kv_lora_rank");
+  a.qk_nope_dim = c.get_int("qk_nope_head_dim");
+  a.qk_rope_dim = c.get_int("qk_rope_head_dim");
+  a.v_head_dim = c.get_int("v_head_dim");
+  cfg.head_dim = a.qk_nope_dim + a.qk_rope_dim;
+  cfg.rope_dim = a.qk_rope_dim;
+  cfg.n_kv_heads = cfg.n_heads;  // every head has its own up-projected key and value
+  // q_pe/k_pe are stored as interleaved pairs; HF de-interleaves them before rotate_half, which
+  // pairs the same two values as rotating (x[2i], x[2i+1]) in place.
+  cfg.rope_style = kernels::rope_style::interleaved;
+  a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim));
+  auto get_mscale = [](double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  auto& rs = cfg.rope_scaling;
+  if (rs.type == "yarn") {
+    // DeepSeek's YaRN: cos/sin scaled by mscale(mscale) / mscale(mscale_all_dim), defaults 1 and 0;
+    // the softmax scale by mscale(mscale_all_dim)^2 when mscale_all_dim is set.
+    const double m = rs.mscale.value_or(1.0f), m_all = rs.mscale_all_dim.value_or(0.0f);
+    if (!rs.attention_factor) rs.attention_factor = static_cast<float>(get_mscale(rs.factor, m) / get_mscale(rs.factor, m_all));
+    if (m_all != 0.0) {
+      const double ms = get_mscale(rs.factor, m_all);
+      a.softmax_scale = static_cast<float>(a.softmax_scale * ms * ms);
+    }
+  } else if (rs.type != "none") {
+    throw error(errc::unsupported, file + ": rope_scaling type '" + rs.type + "' is not supported for " +
+                                       cfg.architecture + " (yarn or none)");
+  }
+
+  auto& m = cfg.moe;
+  m.n_routed_experts = c.get_count("n_routed_experts", 0);
+  if (m.n_routed_experts == 0) return;
+  m.n_shared_experts = c.get_count("n_shared_experts", 0);
+  m.experts_per_tok = c.get_int("num_experts_per_tok");
+  m.expert_intermediate = c.get_int("moe_intermediate_size");
+  m.first_k_dense_replace = c.get_count("first_k_dense_replace", 0);
+  m.layer_freq = c.get_int("moe_layer_freq", 1);
+  m.n_group = c.get_int("n_group", 1);
+  m.topk_group = c.get_int("topk_group", 1);
+  m.norm_topk_prob = c.get_bool("norm_topk_prob", v3);
+  m.scale_after_norm = v3;
+  m.routed_scaling_factor = static_cast<float>(c.get_float("routed_scaling_factor", v3 ? 2.5 : 1.0));
+  const std::string method = c.get_string("topk_method", v3 ? "noaux_tc" : "greedy");
+  if (method == "greedy") m.topk_method = moe_topk_method::greedy;
+  else if (method == "group_limited_greedy") m.topk_method = moe_topk_method::group_limited_greedy;
+  else if (method == "noaux_tc") m.topk_method = moe_topk_method::noaux_tc;
+  else throw error(errc::unsupported, file + ": topk_method '" + method + "' is not supported (greedy, group_limited_greedy, noaux_tc)");
+  const std::string scoring = c.get_string("scoring_func", v3 ? "sigmoid" : "softmax");
+  if (scoring == "sigmoid") m.scoring = moe_scoring::sigmoid;
+  else if (scoring == "softmax") m.scoring = moe_scoring::softmax;
+  else throw error(errc::unsupported, file + ": scoring_func '" + scoring + "' is not supported (sigmoid, softmax)");
+  auto n = [](std::int64_t v) { return std::to_string(v); };
+  if (m.experts_per_tok > m.n_routed_experts) {
+    throw error(errc::corrupt_file, file + ": num_experts_per_tok " + n(m.experts_per_tok) +
+                                        " is larger than n_routed_experts " + n(m.n_routed_experts));
+  }
+  if (m.topk_method != moe_topk_method::greedy) {
+    if (m.topk_group > m.n_group) {
+      throw error(errc::corrupt_file, file + ": topk_group " + n(m.topk_group) + " is larger than n_group " + n(m.n_group));
+    }
+    if (m.n_routed_experts % m.n_group != 0) {
+      throw error(errc::corrupt_file, file + ": n_routed_experts " + n(m.n_routed_experts) +
+                                          " does not split into n_group " + n(m.n_group) + " equal groups");
+    }
+    if (m.topk_group * (m.n_routed_experts / m.n_group) < m.experts_per_tok) {
+      throw error(errc::corrupt_file, file + ": topk_group " + n(m.topk_group) + " groups of " +
+                                          n(m.n_routed_experts / m.n_group) + " experts cannot supply num_experts_per_tok " +
+                                          n(m.experts_per_tok));
+    }
+    if (m.topk_method == moe_topk_method::noaux_tc && m.n_routed_experts / m.n_group < 2) {
+      throw error(errc::corrupt_file, file + ": noaux_tc scores a group by its top-2 experts, but n_group " +
+                                          n(m.n_group) + " leaves " + n(m.n_routed_experts / m.n_group) + " per group");
+    }
+  }
+}
+
+void bind_deepseek_layer(const weight_binder& b, const std::map<std::string, tensor_ref>& tensors,
+                         const model_config& cfg, std::int64_t i, const std::string& dir, layer_weights& l) {
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  const auto& a = cfg.mla;
+  const auto H = cfg.hidden_size, qk = cfg.head_dim, nh = cfg.n_heads;
+  if (a.q_lora_rank > 0) {
+    l.wq_a = b.matrix(p + "self_attn.q_a_proj.weight", a.q_lora_rank, H);
+    l.q_a_norm = b.vector(p + "self_attn.q_a_layernorm.weight", a.q_lora_rank);
+    l.wq_b = b.matrix(p + "self_attn.q_b_proj.weight", nh * qk, a.q_lora_rank);
+  } else {
+    l.wq = b.matrix(p + "self_attn.q_proj.weight", nh * qk, H);
+  }
+  l.wkv_a = b.matrix(p + "self_attn.kv_a_proj_with_mqa.weight", a.kv_lora_rank + a.qk_rope_dim, H);
+  l.kv_a_norm = b.vector(p + "self_attn.kv_a_layernorm.weight", a.kv_lora_rank);
+  l.wkv_b = b.matrix(p + "self_attn.kv_b_proj.weight", nh * (a.qk_nope_dim + a.v_head_dim), a.kv_lora_rank);
+  l.wo = b.matrix(p + "self_attn.o_proj.weight", H, nh * a.v_head_dim);
+  l.ffn_norm = b.vector(p + "post_attention_layernorm.weight", H);
+  const auto& m = cfg.moe;
+  if (!m.is_moe_layer(i)) {
+    const auto I = cfg.intermediate_size;
+    l.w_gate = b.matrix(p + "mlp.gate_proj.weight", I, H);
+    l.w_up = b.matrix(p + "mlp.up_proj.weight", I, H);
+    l.w_down = b.matrix(p + "mlp.down_proj.weight", H, I);
+    return;
+  }
+  // Count the experts the file holds before binding them, so a mismatch with the config is reported
+  // as such rather than as one missing tensor.
+  const std::string ep = p + "mlp.experts.";
+  std::set<std::int64_t> found;
+  for (auto it = tensors.lower_bound(ep); it != tensors.end() && it->first.compare(0, ep.size(), ep) == 0; ++it) {
+    found.insert(std::strtoll(it->first.c_str() + ep.size(), nullptr, 10));
+  }
+  const std::int64_t E = m.n_routed_experts;
+  if (static_cast<std::int64_t>(found.size()) != E || (!found.empty() && (*found.begin() != 0 || *found.rbegin() != E - 1))) {
+    throw error(errc::corrupt_file, dir + ": layer " + std::to_string(i) + " holds weights for " +
+                                        std::to_string(found.size()) + " routed experts" +
+                                        (found.empty() ? std::string() : " (ids " + std::to_string(*found.begin()) + ".." +
+                                                                             std::to_string(*found.rbegin()) + ")") +
+                                        " but config.json n_routed_experts is " + std::to_string(E));
+  }
+  const auto EI = m.expert_intermediate;
+  l.router = b.matrix(p + "mlp.gate.weight", E, H);
+  if (m.topk_method == moe_topk_method::noaux_tc) {
+    l.router_bias = b.vector(p + "mlp.gate.e_score_correction_bias", E);
+  }
+  for (std::int64_t e = 0; e < E; ++e) {
+    const std::string q = ep + std::to_string(e) + ".";
+    l.experts.push_back({b.matrix(q + "gate_proj.weight", EI, H), b.matrix(q + "up_proj.weight", EI, H),
+                         b.matrix(q + "down_proj.weight", H, EI)});
+  }
+  if (m.n_shared_experts > 0) {
+    const auto SI = EI * m.n_shared_experts;
+    const std::string q = p + "mlp.shared_experts.";
+    l.shared = {b.matrix(q + "gate_proj.weight", SI, H), b.matrix(q + "up_proj.weight", SI, H),
+                b.matrix(q + "down_proj.weight", H, SI)};
+  }
+}
 
 }  // namespace
 
@@ -426,9 +627,12 @@ void model::load_hf(const std::string& dir) {
   } else if (cfg.architecture == "Qwen2ForCausalLM") {
     cfg.family = model_family::qwen2;
     cfg.qkv_bias = true;
+  } else if (cfg.architecture == "DeepseekV3ForCausalLM" || cfg.architecture == "DeepseekV2ForCausalLM") {
+    cfg.family = model_family::deepseek;
   } else {
     throw error(errc::unsupported, config_path + ": architecture '" + cfg.architecture +
-                                       "' is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM)");
+                                       "' is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM, "
+                                       "DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)");
   }
   if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
     throw error(errc::unsupported, config_path + ": hidden_act " + j["hidden_act"].dump() + " is not supported (silu is)");
@@ -449,6 +653,7 @@ void model::load_hf(const std::string& dir) {
   // trained that way. Either way the stored rows pair dims (i, i + d/2).
   cfg.rope_style = kernels::rope_style::neox;
   cfg.tied_embeddings = c.get_bool("tie_word_embeddings", false);
+  if (cfg.family == model_family::deepseek) parse_deepseek_config(c, config_path, cfg);
   const hf_quantization quant = parse_quantization_config(j, config_path);
   hf_quant_method_ = quant.method;
   if (j.contains("bos_token_id")) {
@@ -528,6 +733,11 @@ void model::load_hf(const std::string& dir) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     layer_weights l;
     l.attn_norm = b.vector(p + "input_layernorm.weight", H);
+    if (cfg.family == model_family::deepseek) {
+      bind_deepseek_layer(b, tensors, cfg, i, dir, l);
+      weights_.layers.push_back(std::move(l));
+      continue;
+    }
     l.wq = b.matrix(p + "self_attn.q_proj.weight", QD, H);
     l.wk = b.matrix(p + "self_attn.k_proj.weight", KD, H);
     l.wv = b.matrix(p + "self_attn.v_proj.weight", KD, H);
@@ -671,7 +881,8 @@ void model::finish() {
   for (auto& t : tensors_) {
     const bool scale = !hf_quant_method_.empty() && t.name.size() > 6 &&
                        t.name.compare(t.name.size() - 6, 6, "_scale") == 0;
-    if (scale) continue;  // quantization metadata, not parameters
+    const bool scale_inv = t.name.size() > 10 && t.name.compare(t.name.size() - 10, 10, "_scale_inv") == 0;
+    if (scale || scale_inv) continue;  // quantization metadata, not parameters
     std::int64_t n = 1;
     for (auto d : t.shape) n *= d;
     if (hf_quant_method_ == "shoal-int4" && t.dtype == "U8") n *= 2;  // two 4-bit values per byte

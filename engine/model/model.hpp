@@ -1,6 +1,7 @@
 #pragma once
 // A loaded model: its configuration, its weights (views into memory-mapped files, no copy when the
-// stored dtype is one the kernels use), and its tokenizer. Llama and Qwen2 families, HF or GGUF.
+// stored dtype is one the kernels use), and its tokenizer. Llama and Qwen2 families, HF or GGUF;
+// DeepSeek-V2/V3 (multi-head latent attention, mixture of experts) from the HF layout.
 
 #include <cstdint>
 #include <deque>
@@ -17,7 +18,44 @@ namespace shoal {
 class gguf_file;
 class safetensors_file;
 
-enum class model_family : std::uint8_t { llama, qwen2 };
+enum class model_family : std::uint8_t { llama, qwen2, deepseek };
+
+/// Multi-head latent attention (DeepSeek-V2/V3): queries through an optional low-rank bottleneck,
+/// keys and values up-projected from a per-token latent, plus a RoPE key shared by all heads.
+struct mla_config {
+  std::int64_t q_lora_rank = 0;   // 0: q_proj straight from the hidden state (config null)
+  std::int64_t kv_lora_rank = 0;  // latent width
+  std::int64_t qk_nope_dim = 0;   // per-head query/key dims without position
+  std::int64_t qk_rope_dim = 0;   // per-head query dims and shared key dims with RoPE
+  std::int64_t v_head_dim = 0;
+  float softmax_scale = 1.0f;     // (qk_nope + qk_rope)^-0.5, times YaRN's mscale(all_dim)^2
+};
+
+enum class moe_topk_method : std::uint8_t { greedy, group_limited_greedy, noaux_tc };
+enum class moe_scoring : std::uint8_t { softmax, sigmoid };
+
+/// DeepSeek mixture of experts. Layer i is an MoE layer when n_routed_experts > 0,
+/// i >= first_k_dense_replace and i % moe_layer_freq == 0; the others use the dense MLP.
+struct moe_config {
+  std::int64_t n_routed_experts = 0;       // 0: no MoE layers
+  std::int64_t n_shared_experts = 0;       // always-on experts, stored as one MLP
+  std::int64_t experts_per_tok = 0;        // top-k
+  std::int64_t expert_intermediate = 0;    // moe_intermediate_size
+  std::int64_t first_k_dense_replace = 0;  // Default: 0
+  std::int64_t layer_freq = 1;             // Default: 1
+  std::int64_t n_group = 1;                // expert groups for grouped routing. Default: 1
+  std::int64_t topk_group = 1;             // groups kept per token. Default: 1
+  moe_topk_method topk_method = moe_topk_method::greedy;
+  moe_scoring scoring = moe_scoring::softmax;
+  bool norm_topk_prob = false;
+  /// V3 scales the routed weights always; V2 only when it does not normalize them (as each
+  /// architecture's Hugging Face modeling code does).
+  bool scale_after_norm = true;
+  float routed_scaling_factor = 1.0f;
+  bool is_moe_layer(std::int64_t i) const {
+    return n_routed_experts > 0 && i >= first_k_dense_replace && i % layer_freq == 0;
+  }
+};
 
 /// RoPE frequency scaling as Hugging Face's `rope_scaling` describes it.
 struct rope_scaling_config {
@@ -42,7 +80,7 @@ struct model_config {
   std::int64_t n_layers = 0;
   std::int64_t n_heads = 0;
   std::int64_t n_kv_heads = 0;
-  std::int64_t head_dim = 0;
+  std::int64_t head_dim = 0;         // deepseek: the query/key head dim, qk_nope + qk_rope
   std::int64_t vocab_size = 0;       // rows of the embedding (may exceed the tokenizer's ids)
   std::int64_t max_positions = 0;    // context length
   float rms_norm_eps = 1e-5f;
@@ -52,6 +90,8 @@ struct model_config {
   kernels::rope_style rope_style = kernels::rope_style::neox;
   bool qkv_bias = false;
   bool tied_embeddings = false;      // true when lm_head falls back to the embedding
+  mla_config mla;                    // family deepseek only
+  moe_config moe;                    // family deepseek only
   std::int32_t bos_id = -1;
   std::vector<std::int32_t> eos_ids;
 };
@@ -62,9 +102,16 @@ struct weight {
   kernels::matrix m;
 };
 
+/// One gated MLP (a dense layer's, one routed expert's, or the shared experts').
+struct mlp_weights {
+  weight gate;  // [intermediate, hidden]
+  weight up;    // [intermediate, hidden]
+  weight down;  // [hidden, intermediate]
+};
+
 struct layer_weights {
   std::vector<float> attn_norm;  // [hidden]
-  weight wq;                     // [n_heads * head_dim, hidden]
+  weight wq;                     // [n_heads * head_dim, hidden] (deepseek: q_proj when q_lora_rank is 0)
   weight wk;                     // [n_kv_heads * head_dim, hidden]
   weight wv;                     // [n_kv_heads * head_dim, hidden]
   weight wo;                     // [hidden, n_heads * head_dim]
@@ -73,6 +120,19 @@ struct layer_weights {
   weight w_gate;                 // [intermediate, hidden]
   weight w_up;                   // [intermediate, hidden]
   weight w_down;                 // [hidden, intermediate]
+
+  // DeepSeek MLA (wk/wv/biases stay empty). r = kv_lora_rank, qk = qk_nope + qk_rope.
+  weight wq_a;                    // [q_lora_rank, hidden]; empty when q_lora_rank is 0
+  std::vector<float> q_a_norm;    // [q_lora_rank]
+  weight wq_b;                    // [n_heads * qk, q_lora_rank]
+  weight wkv_a;                   // [r + qk_rope, hidden]: latent, then the shared RoPE key
+  std::vector<float> kv_a_norm;   // [r]
+  weight wkv_b;                   // [n_heads * (qk_nope + v_head_dim), r]: per head k_nope, then v
+  // DeepSeek MoE layers (the dense w_gate/w_up/w_down stay empty there).
+  weight router;                  // [n_routed_experts, hidden]
+  std::vector<float> router_bias; // [n_routed_experts] e_score_correction_bias; empty if none
+  std::vector<mlp_weights> experts;  // [n_routed_experts]
+  mlp_weights shared;             // intermediate = expert_intermediate * n_shared_experts; empty if none
 };
 
 struct model_weights {
@@ -131,7 +191,7 @@ class model {
   std::vector<float> rope_inv_freq_;
   float rope_attn_factor_ = 1.0f;
   std::string hf_quant_method_;                // config.json quantization_config.quant_method
-  std::deque<std::vector<float>> owned_scales_;  // int8/int4 scales copied where unaligned
+  std::deque<std::vector<float>> owned_scales_;  // int8/int4 scales copied where unaligned; fp8 per-row scales
 };
 
 /// Inverse frequencies for RoPE with `scaling` applied (Hugging Face's rope init functions).

@@ -5,7 +5,9 @@
 #include "engine/model/quantize.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -293,6 +295,126 @@ void write_hf(const job& a, const model& m) {
           [&](std::size_t i, std::vector<std::uint8_t>& out) { entries[i].fill(out); });
 }
 
+// ---- HF FP8 (DeepSeek's published layout) --------------------------------------------------------
+
+// One source tensor as F32 values (F32, BF16 or F16 as stored).
+std::vector<float> tensor_f32(const safetensors_tensor& t, const std::string& file) {
+  const std::size_t es = safetensors_dtype_size(t.dtype);
+  if (t.dtype != "F32" && t.dtype != "BF16" && t.dtype != "F16") {
+    throw error(errc::unsupported, file + ": tensor '" + t.name + "' has dtype " + t.dtype +
+                                       "; --type fp8 converts F32, BF16 or F16 models");
+  }
+  std::vector<float> out(t.nbytes / es);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (t.dtype == "F32") {
+      std::memcpy(&out[i], t.data + 4 * i, 4);
+    } else {
+      std::uint16_t h;
+      std::memcpy(&h, t.data + 2 * i, 2);
+      out[i] = t.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+  return out;
+}
+
+// Linear layers become float8_e4m3fn with one F32 `weight_scale_inv` per 128x128 block (the value
+// that multiplies the block back; partial blocks at the edges), as DeepSeek-V3 checkpoints do. The
+// embedding, lm_head, the MoE router and every vector stay in their source type, as there.
+void write_fp8(const job& a, const model& m) {
+  if (m.config().format != "hf") {
+    throw error(errc::unsupported, a.model + ": --type fp8 writes a Hugging Face directory; give a Hugging Face source");
+  }
+  constexpr std::int64_t B = 128;
+  std::vector<std::unique_ptr<safetensors_file>> files;
+  for (const auto& e : fs::directory_iterator(a.model)) {
+    if (e.path().extension() == ".safetensors") files.push_back(std::make_unique<safetensors_file>(e.path().string()));
+  }
+  std::vector<st_entry> entries;
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const auto& f : files) {
+    for (const auto& [name, t] : f->tensors()) {
+      const std::string file = f->path();
+      const bool linear = t.shape.size() == 2 && ends_with(name, ".weight") && name != "lm_head.weight" &&
+                          name != "model.embed_tokens.weight" && !ends_with(name, ".mlp.gate.weight");
+      if (t.dtype == "F8_E4M3" || ends_with(name, "_scale_inv")) {
+        throw error(errc::invalid_argument, a.model + ": already holds FP8 weights ('" + name + "')");
+      }
+      if (!linear) {
+        entries.push_back({name, t.dtype, t.shape, [&t](std::vector<std::uint8_t>& out) {
+                             out.assign(t.data, t.data + t.nbytes);
+                           }});
+        ++a.report->kept;
+        continue;
+      }
+      ++a.report->quantized;
+      const std::int64_t rows = t.shape[0], cols = t.shape[1];
+      const std::int64_t sr = (rows + B - 1) / B, sc = (cols + B - 1) / B;
+      // Both tensors come from one pass over the source: the scales are computed with the bytes.
+      auto quantized = std::make_shared<std::pair<std::vector<float>, std::vector<std::uint8_t>>>();
+      auto compute = [quantized, &t, file, rows, cols, sr, sc] {
+        const std::vector<float> w = tensor_f32(t, file);
+        auto& scales = quantized->first;
+        auto& q = quantized->second;
+        scales.assign(static_cast<std::size_t>(sr * sc), 1.0f);
+        q.resize(static_cast<std::size_t>(rows * cols));
+        for (std::int64_t br = 0; br < sr; ++br) {
+          for (std::int64_t bc = 0; bc < sc; ++bc) {
+            const std::int64_t r1 = std::min(rows, (br + 1) * B), c1 = std::min(cols, (bc + 1) * B);
+            float amax = 0.0f;
+            for (std::int64_t r = br * B; r < r1; ++r)
+              for (std::int64_t c = bc * B; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * cols + c]));
+            const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+            scales[br * sc + bc] = scale;
+            for (std::int64_t r = br * B; r < r1; ++r)
+              for (std::int64_t c = bc * B; c < c1; ++c) q[r * cols + c] = f32_to_f8_e4m3(w[r * cols + c] / scale);
+          }
+        }
+      };
+      entries.push_back({name + "_scale_inv", "F32", {sr, sc}, [quantized, compute](std::vector<std::uint8_t>& out) {
+                           compute();
+                           out.resize(quantized->first.size() * 4);
+                           std::memcpy(out.data(), quantized->first.data(), out.size());
+                           // Every F32 tensor is written before any FP8 one: recompute the bytes
+                           // then rather than hold the whole model meanwhile.
+                           quantized->second = {};
+                         }});
+      entries.push_back({name, "F8_E4M3", t.shape, [quantized, compute](std::vector<std::uint8_t>& out) {
+                           compute();
+                           out = std::move(quantized->second);
+                           quantized->second = {};
+                         }});
+    }
+  }
+  auto rank = [](const std::string& d) { return d == "F32" ? 0 : (d == "F16" || d == "BF16") ? 1 : 2; };
+  std::stable_sort(entries.begin(), entries.end(),
+                   [&](const st_entry& x, const st_entry& y) { return rank(x.dtype) < rank(y.dtype); });
+  prepare_out(a, true);
+  for (const auto& e : fs::directory_iterator(a.model)) {
+    const std::string fn = e.path().filename().string();
+    if (!e.is_regular_file() || e.path().extension() == ".safetensors" || fn == "model.safetensors.index.json" ||
+        fn == "config.json") {
+      continue;
+    }
+    const fs::path dst = fs::path(a.out) / fn;
+    fs::copy_file(e.path(), dst, fs::copy_options::overwrite_existing);
+    fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  }
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(read_text_file(a.model + "/config.json"));
+  cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
+                                {"weight_block_size", {B, B}}};
+  {
+    std::ofstream out(a.out + "/config.json");
+    out << cfg.dump(2) << "\n";
+    if (!out) throw error(errc::invalid_argument, a.out + "/config.json: write failed");
+  }
+  safetensors_writer w;
+  for (auto& e : entries) w.add(e.name, e.dtype, e.shape);
+  w.set_metadata("format", "pt");
+  w.write(a.out + "/model.safetensors", [&](std::size_t i, std::vector<std::uint8_t>& out) { entries[i].fill(out); });
+}
+
 // ---- GGUF Q8_0 / Q4_0 ---------------------------------------------------------------------------
 
 void write_gguf(const job& a, const model& m) {
@@ -392,9 +514,10 @@ quantize_report quantize_model(const std::string& model_path, const std::string&
   quantize_report report;
   const job a{model_path, out, opts, &report};
   const bool hf_out = a.opts.type == "int8" || a.opts.type == "int4";
-  if (!hf_out && a.opts.type != "q8_0" && a.opts.type != "q4_0") {
+  const bool fp8 = a.opts.type == "fp8";
+  if (!hf_out && !fp8 && a.opts.type != "q8_0" && a.opts.type != "q4_0") {
     throw error(errc::invalid_argument,
-                "unknown --type '" + a.opts.type + "' (int8, int4, q8_0, q4_0)");
+                "unknown --type '" + a.opts.type + "' (int8, int4, q8_0, q4_0, fp8)");
   }
   if (a.opts.type == "int4" && (a.opts.group_size <= 0 || a.opts.group_size % 32 != 0)) {
     throw error(errc::invalid_argument, "--group-size " + std::to_string(a.opts.group_size) +
@@ -406,8 +529,14 @@ quantize_report quantize_model(const std::string& model_path, const std::string&
     throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
   }
   auto m = model::load(a.model);
+  if (m->config().family == model_family::deepseek && !fp8) {
+    throw error(errc::unsupported, a.model + ": " + m->config().architecture +
+                                       " models are quantized with --type fp8 (their published format)");
+  }
   try {
-    if (hf_out)
+    if (fp8)
+      write_fp8(a, *m);
+    else if (hf_out)
       write_hf(a, *m);
     else
       write_gguf(a, *m);

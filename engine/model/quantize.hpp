@@ -2,6 +2,7 @@
 // Weight-only post-training quantization of a whole model (what `shoal quantize` runs):
 //   int8 | int4 -> a Hugging Face directory in Shoal's shoal-int8 / shoal-int4 layout
 //   q8_0 | q4_0 -> one GGUF file with ggml's Q8_0 / Q4_0 blocks
+//   fp8         -> a Hugging Face directory in DeepSeek's float8_e4m3fn + 128x128 weight_scale_inv layout
 // See README "Quantized formats" for the layouts and what stays unquantized.
 
 #include <cstdint>
@@ -11,7 +12,7 @@
 namespace shoal {
 
 struct quantize_options {
-  std::string type;              // int8 | int4 | q8_0 | q4_0
+  std::string type;              // int8 | int4 | q8_0 | q4_0 | fp8
   std::int64_t group_size = 64;  // int4: columns per scale, a multiple of 32. Default: 64
   bool force = false;            // replace an existing output. Default: false
 };

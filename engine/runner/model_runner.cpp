@@ -13,7 +13,20 @@ std::int32_t default_blocks(const model_config& c, std::int32_t block_size) {
   return static_cast<std::int32_t>((c.max_positions + block_size - 1) / block_size);
 }
 
+kv_cache make_cache(const model_config& c, shard_spec shard, kv_cache_options kv) {
+  const std::int32_t blocks = kv.num_blocks > 0 ? kv.num_blocks : default_blocks(c, kv.block_size);
+  if (c.family == model_family::deepseek) {
+    return kv_cache::latent(c.n_layers, c.mla.kv_lora_rank + c.mla.qk_rope_dim, kv.block_size, blocks);
+  }
+  return kv_cache(c.n_layers, c.n_kv_heads / std::max(shard.world_size, 1), c.head_dim, kv.block_size, blocks);
+}
+
 }  // namespace
+
+std::int64_t kv_bytes_per_token(const model_config& c, int world_size) {
+  if (c.family == model_family::deepseek) return c.n_layers * (c.mla.kv_lora_rank + c.mla.qk_rope_dim) * 4;
+  return 2 * c.n_layers * (c.n_kv_heads / std::max(world_size, 1)) * c.head_dim * 4;
+}
 
 model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard,
                            communicator* comm, kv_cache_options kv)
@@ -24,13 +37,20 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
       n_heads_(m.config().n_heads / shard.world_size),
       n_kv_heads_(m.config().n_kv_heads / shard.world_size),
       ffn_(m.config().intermediate_size / shard.world_size),
-      cache_(m.config().n_layers, m.config().n_kv_heads / std::max(shard.world_size, 1),
-             m.config().head_dim, kv.block_size,
-             kv.num_blocks > 0 ? kv.num_blocks : default_blocks(m.config(), kv.block_size)) {
+      cache_(make_cache(m.config(), shard, kv)) {
   const auto& c = m.config();
   const int w = shard.world_size, r = shard.rank;
   if (w < 1 || r < 0 || r >= w) throw error(errc::invalid_argument, "invalid shard rank/world size");
   if (w > 1 && !comm) throw error(errc::invalid_argument, "tensor parallelism needs a communicator");
+  if (c.family == model_family::deepseek) {
+    if (w > 1) {
+      throw error(errc::unsupported, m.path() + ": " + c.architecture + " runs on a single shard for now: splitting "
+                                     "latent attention heads and experts across " + std::to_string(w) +
+                                     " tensor-parallel ranks is not implemented");
+    }
+    init_deepseek();
+    return;
+  }
   if (c.n_kv_heads % w != 0 || c.n_heads % w != 0 || c.intermediate_size % w != 0) {
     throw error(errc::invalid_argument,
                 m.path() + ": cannot split " + std::to_string(c.n_heads) + " heads / " +
@@ -54,6 +74,27 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
       s.bk = l.bk.data() + r * n_kv_heads_ * hd;
       s.bv = l.bv.data() + r * n_kv_heads_ * hd;
     }
+    layers_.push_back(s);
+  }
+}
+
+void model_runner::init_deepseek() {
+  const auto& c = model_.config();
+  const auto& a = c.mla;
+  const std::int64_t r = a.kv_lora_rank, nope = a.qk_nope_dim, per_head = a.qk_nope_dim + a.v_head_dim;
+  std::vector<float> row(static_cast<std::size_t>(r));
+  for (const auto& l : model_.weights().layers) {
+    // W_uk for head h is rows [h * per_head, h * per_head + nope) of kv_b_proj; stored transposed.
+    std::vector<float> t(static_cast<std::size_t>(c.n_heads * r * nope));
+    for (std::int64_t h = 0; h < c.n_heads; ++h) {
+      for (std::int64_t i = 0; i < nope; ++i) {
+        kernels::dequantize_row(l.wkv_b.m, h * per_head + i, row.data());
+        for (std::int64_t j = 0; j < r; ++j) t[(h * r + j) * nope + i] = row[j];
+      }
+    }
+    w_uk_t_.push_back(std::move(t));
+    layer_slice s;
+    s.wo = l.wo.m;
     layers_.push_back(s);
   }
 }
@@ -94,6 +135,15 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const auto& L = layers_[li];
     const auto& LW = W.layers[li];
+    if (c.family == model_family::deepseek) {
+      be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
+      mla_attention(li, b);
+      be_.add(x_.data(), proj_.data(), n * H);
+      be_.rmsnorm(x_.data(), LW.ffn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
+      deepseek_ffn(li, n);
+      be_.add(x_.data(), proj_.data(), n * H);
+      continue;
+    }
     be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
     const kernels::matmul_job qkv[] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
     be_.matmul_multi(qkv, xn_.data(), n);

@@ -9,6 +9,7 @@
 #include "engine/kv/kv_cache.hpp"
 #include "engine/model/model.hpp"
 #include "engine/runner/communicator.hpp"
+#include "engine/runner/moe.hpp"
 #include "kernels/backend.hpp"
 
 namespace shoal {
@@ -33,6 +34,18 @@ struct forward_batch {
   }
 };
 
+/// How multi-head latent attention (DeepSeek) attends over the latent cache.
+enum class mla_path : std::uint8_t {
+  automatic,  // plain for a sequence with several tokens in the step (prefill), absorbed for one
+  absorbed,   // kv_b_proj's key half folded into the query, its value half applied after: attention
+              // runs over the cached latents directly
+  plain,      // keys and values up-projected from the cached latents, then ordinary attention
+};
+
+/// KV-cache bytes per token (all layers, F32) of `c` on one of `world_size` tensor-parallel shards:
+/// full keys and values, or for MLA the latent plus the shared RoPE key.
+std::int64_t kv_bytes_per_token(const model_config& c, int world_size = 1);
+
 class model_runner {
  public:
   /// `comm` may be null when world_size is 1. Throws shoal::error when the model cannot be split
@@ -47,6 +60,8 @@ class model_runner {
   const model& get_model() const { return model_; }
   std::int64_t vocab_size() const { return model_.config().vocab_size; }
   std::int32_t block_size() const { return cache_.block_size(); }
+  /// MLA only. Default: automatic.
+  void set_mla_path(mla_path p) { mla_path_ = p; }
 
  private:
   struct layer_slice {
@@ -55,6 +70,12 @@ class model_runner {
     const float* bk = nullptr;
     const float* bv = nullptr;
   };
+
+  void init_deepseek();
+  void mla_attention(std::size_t li, const forward_batch& b);
+  void attend_absorbed(std::size_t li, const forward_batch& b, const std::vector<std::int64_t>& toks);
+  void attend_plain(std::size_t li, const forward_batch& b, const std::vector<std::int64_t>& toks);
+  void deepseek_ffn(std::size_t li, std::int64_t n);
 
   const model& model_;
   kernels::backend& be_;
@@ -65,8 +86,14 @@ class model_runner {
   std::int64_t ffn_;         // this shard's intermediate columns
   std::vector<layer_slice> layers_;
   kv_cache cache_;
+  mla_path mla_path_ = mla_path::automatic;
+  // MLA: per layer, kv_b_proj's key half transposed per head, [n_heads][kv_lora_rank, qk_nope]
+  // (F32), so the absorbed query is a matmul.
+  std::vector<std::vector<float>> w_uk_t_;
+  moe_executor moe_;
   // Scratch, grown to the largest batch seen.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_;
+  std::vector<float> qa_, qan_, kva_, mq_, mo_, mk_, mv_, head_in_, head_out_;
 };
 
 }  // namespace shoal

@@ -915,12 +915,37 @@ void run_q6_k(const matrix& w, const prepared_input& p, float* y, std::int64_t l
   });
 }
 
+// FP8 block-scaled weights (DeepSeek checkpoints): each row is dequantized once into a per-thread
+// scratch row and dotted with every activation row. Not a tuned kernel: it keeps FP8 checkpoints
+// runnable on CPU at the weights' memory size.
+void run_f8_e4m3(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
+                 std::int64_t r1, isa) {
+  thread_local std::vector<float> row;
+  row.resize(static_cast<std::size_t>(w.cols));
+  for (std::int64_t r = r0; r < r1; ++r) {
+    dequantize_quantized_row(w, r, row.data());
+    for (std::int64_t t = 0; t < p.n; ++t) {
+      const float* x = p.x + t * p.cols;
+      float acc[8] = {};
+      std::int64_t c = 0;
+      for (; c + 8 <= w.cols; c += 8) {
+        for (int k = 0; k < 8; ++k) acc[k] += row[c + k] * x[c + k];
+      }
+      float sum = 0.0f;
+      for (; c < w.cols; ++c) sum += row[c] * x[c];
+      for (float a : acc) sum += a;
+      y[t * ldy + r] = sum;
+    }
+  }
+}
+
 const matmul_kernel kQ8_0{prepare_q8_0, run_q8_0, kRowTile};
 const matmul_kernel kQ4_0{prepare_q4_0, run_q4_0, kRowTile};
 const matmul_kernel kQ4_K{prepare_k, run_q4_k, 1};
 const matmul_kernel kQ6_K{prepare_k, run_q6_k, 1};
 const matmul_kernel kI8{prepare_i8, run_i8, kRowTile};
 const matmul_kernel kI4{prepare_i4, run_i4, kRowTile};
+const matmul_kernel kF8{nullptr, run_f8_e4m3, 1};
 
 }  // namespace
 
@@ -938,6 +963,8 @@ const matmul_kernel* quant_matmul_kernel(dtype t) {
       return &kI8;
     case dtype::i4:
       return &kI4;
+    case dtype::f8_e4m3:
+      return &kF8;
     default:
       return nullptr;
   }

@@ -132,6 +132,11 @@ void dequantize_quantized_row(const matrix& m, std::int64_t r, float* out) {
       }
       return;
     }
+    case dtype::f8_e4m3: {
+      const float* s = m.scales + r * m.scale_stride;
+      for (std::int64_t c = 0; c < m.cols; ++c) out[c] = s[c / m.group_size] * f8_e4m3_to_f32(row[c]);
+      return;
+    }
     default:
       throw std::logic_error(std::string("dequantize_quantized_row: ") + to_string(m.type) +
                              " is not a quantized type");

@@ -21,7 +21,8 @@ matrix matrix::row_slice(std::int64_t begin, std::int64_t count) const {
 }
 
 matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
-  const std::int64_t granule = type == dtype::i4 ? group_size : dtype_block_size(type);
+  const std::int64_t granule =
+      (type == dtype::i4 || type == dtype::f8_e4m3) ? group_size : dtype_block_size(type);
   if (begin % granule != 0 || count % granule != 0) {
     throw std::invalid_argument(std::string("column window [") + std::to_string(begin) + ", " +
                                 std::to_string(begin + count) + ") of a " + to_string(type) +
@@ -31,7 +32,7 @@ matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
   matrix m = *this;
   m.data = static_cast<const std::uint8_t*>(data) + dtype_bytes(type, begin);
   m.cols = count;
-  if (type == dtype::i4) m.scales = scales + begin / group_size;
+  if (type == dtype::i4 || type == dtype::f8_e4m3) m.scales = scales + begin / group_size;
   return m;
 }
 
@@ -39,6 +40,7 @@ std::int64_t matrix::bytes() const {
   std::int64_t b = rows * dtype_bytes(type, cols);
   if (type == dtype::i8) b += rows * 4;
   if (type == dtype::i4) b += rows * (cols / group_size) * 4;
+  if (type == dtype::f8_e4m3) b += rows * ((cols + group_size - 1) / group_size) * 4;
   return b;
 }
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model/model.hpp"
+#include "engine/runner/model_runner.hpp"
 #include "tools/cli/commands.hpp"
 
 namespace shoal::cli {
@@ -16,6 +17,7 @@ const char* family_name(model_family f) {
   switch (f) {
     case model_family::llama: return "llama";
     case model_family::qwen2: return "qwen2";
+    case model_family::deepseek: return "deepseek";
   }
   return "?";
 }
@@ -44,8 +46,27 @@ nlohmann::ordered_json describe(const model& m) {
                {"factor", c.rope_scaling.factor}};
   j["qkv_bias"] = c.qkv_bias;
   j["tied_embeddings"] = c.tied_embeddings;
-  // K and V, F32, every layer: what one token of context costs in this runtime's cache.
-  j["kv_bytes_per_token"] = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4;
+  if (c.family == model_family::deepseek) {
+    const auto& a = c.mla;
+    j["mla"] = {{"q_lora_rank", a.q_lora_rank}, {"kv_lora_rank", a.kv_lora_rank},
+                {"qk_nope_head_dim", a.qk_nope_dim}, {"qk_rope_head_dim", a.qk_rope_dim},
+                {"v_head_dim", a.v_head_dim}, {"softmax_scale", a.softmax_scale},
+                {"kv_cache", "latent + shared rope key per token"}};
+    const auto& e = c.moe;
+    if (e.n_routed_experts > 0) {
+      const char* methods[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+      j["moe"] = {{"routed_experts", e.n_routed_experts}, {"shared_experts", e.n_shared_experts},
+                  {"experts_per_token", e.experts_per_tok}, {"expert_intermediate", e.expert_intermediate},
+                  {"first_k_dense_replace", e.first_k_dense_replace}, {"layer_freq", e.layer_freq},
+                  {"n_group", e.n_group}, {"topk_group", e.topk_group},
+                  {"topk_method", methods[static_cast<int>(e.topk_method)]},
+                  {"scoring", e.scoring == moe_scoring::sigmoid ? "sigmoid" : "softmax"},
+                  {"norm_topk_prob", e.norm_topk_prob}, {"routed_scaling_factor", e.routed_scaling_factor}};
+    }
+  }
+  // F32, every layer: what one token of context costs in this runtime's cache (K and V, or MLA's
+  // latent plus shared RoPE key).
+  j["kv_bytes_per_token"] = kv_bytes_per_token(c);
   std::map<std::string, std::int64_t> dtypes;
   for (auto& t : m.tensors()) ++dtypes[t.dtype];
   j["tensor_dtypes"] = dtypes;

@@ -1,6 +1,7 @@
 // shoal make-model: a model with seeded random weights (normal, std 0.02) and a valid tokenizer,
 // for benchmarks and for running the pipeline where no trained model is at hand.
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -251,10 +252,127 @@ int write_gguf_model(const make_model_args& a, const shape_spec& s) {
   return 0;
 }
 
+// DeepSeek-shaped models (HF layout only): multi-head latent attention, YaRN, a dense first layer,
+// then mixture-of-experts layers. v3 routes like DeepSeek-V3 (sigmoid scores, correction bias,
+// noaux_tc grouped top-k, normalized weights scaled by 2.5); v2 like DeepSeek-V2 (softmax scores,
+// group_limited_greedy, q_proj without a low-rank bottleneck, unnormalized weights scaled). Weights
+// are N(0, 1/fan_in) so logits are far from ties and greedy ids are a meaningful comparison.
+int write_deepseek_model(const make_model_args& a) {
+  const bool v3 = a.shape == "deepseek-v3-tiny";
+  if (a.format != "hf") throw error(errc::invalid_argument, "--shape " + a.shape + " is written in the HF layout only (--format hf)");
+  if (a.dtype != "f32" && a.dtype != "bf16") throw error(errc::invalid_argument, "--shape " + a.shape + " takes --dtype f32 or bf16 (then `shoal quantize --type fp8`)");
+  namespace fs = std::filesystem;
+  if (fs::exists(a.out) && !a.force) throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
+  fs::create_directories(a.out);
+  const std::int64_t H = 64, I = 128, L = 3, nh = 4, vocab = 512, ctx = 1024;
+  const std::int64_t q_lora = v3 ? 32 : 0, r = 16, nope = 16, rd = 8, vd = v3 ? 16 : 12;
+  const std::int64_t E = 8, shared = v3 ? 1 : 2, k = v3 ? 2 : 3, EI = v3 ? 32 : 16;
+  nlohmann::ordered_json cfg = {
+      {"architectures", {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"}},
+      {"model_type", v3 ? "deepseek_v3" : "deepseek_v2"},
+      {"hidden_size", H}, {"intermediate_size", I}, {"num_hidden_layers", L},
+      {"num_attention_heads", nh}, {"num_key_value_heads", nh}, {"hidden_act", "silu"},
+      {"q_lora_rank", q_lora > 0 ? nlohmann::ordered_json(q_lora) : nlohmann::ordered_json(nullptr)},
+      {"kv_lora_rank", r}, {"qk_nope_head_dim", nope}, {"qk_rope_head_dim", rd}, {"v_head_dim", vd},
+      {"n_routed_experts", E}, {"n_shared_experts", shared}, {"num_experts_per_tok", k},
+      {"moe_intermediate_size", EI}, {"first_k_dense_replace", 1}, {"moe_layer_freq", 1},
+      {"n_group", 4}, {"topk_group", 2},
+      {"topk_method", v3 ? "noaux_tc" : "group_limited_greedy"},
+      {"scoring_func", v3 ? "sigmoid" : "softmax"},
+      {"norm_topk_prob", v3}, {"routed_scaling_factor", v3 ? 2.5 : 1.5},
+      {"vocab_size", vocab}, {"max_position_embeddings", ctx}, {"rms_norm_eps", 1e-6},
+      {"rope_theta", 10000.0},
+      {"rope_scaling", v3 ? nlohmann::ordered_json{{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 256},
+                                                   {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}}
+                          : nlohmann::ordered_json{{"type", "yarn"}, {"factor", 2.0}, {"original_max_position_embeddings", 128},
+                                                   {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 0.707}, {"mscale_all_dim", 0.707}}},
+      {"attention_bias", false}, {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2},
+      {"torch_dtype", a.dtype == "f32" ? "float32" : "bfloat16"},
+      {"shoal_random_weights", true}, {"shoal_seed", a.seed}};
+  shape_spec tok_shape{cfg["architectures"][0], H, I, L, nh, nh, vocab, ctx, 10000.0, 1e-6, false, false};
+  write_json(a.out + "/config.json", cfg);
+  write_json(a.out + "/generation_config.json", {{"bos_token_id", 1}, {"eos_token_id", 2}});
+  write_json(a.out + "/tokenizer.json", make_tokenizer_json(vocab, a.seed));
+  write_json(a.out + "/tokenizer_config.json", make_tokenizer_config(tok_shape));
+
+  safetensors_writer w;
+  struct spec {
+    std::int64_t count;
+    float mean, std;
+    bool f32;
+  };
+  std::vector<spec> specs;
+  const std::string st = a.dtype == "f32" ? "F32" : "BF16";
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, float mean, float std) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    // Router biases and norms stay F32 as DeepSeek publishes them.
+    const bool f32 = shape.size() == 1 || st == "F32";
+    w.add(name, f32 ? "F32" : st, std::move(shape));
+    specs.push_back({n, mean, std, f32});
+  };
+  auto matrix = [&](const std::string& name, std::int64_t rows, std::int64_t cols) {
+    add(name, {rows, cols}, 0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
+  };
+  auto norm = [&](const std::string& name, std::int64_t n) { add(name, {n}, 1.0f, 0.1f); };
+  auto mlp = [&](const std::string& p, std::int64_t inter) {
+    matrix(p + "gate_proj.weight", inter, H);
+    matrix(p + "up_proj.weight", inter, H);
+    matrix(p + "down_proj.weight", H, inter);
+  };
+  add("model.embed_tokens.weight", {vocab, H}, 0.0f, 1.0f);
+  for (std::int64_t l = 0; l < L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    norm(p + "input_layernorm.weight", H);
+    if (q_lora > 0) {
+      matrix(p + "self_attn.q_a_proj.weight", q_lora, H);
+      norm(p + "self_attn.q_a_layernorm.weight", q_lora);
+      matrix(p + "self_attn.q_b_proj.weight", nh * (nope + rd), q_lora);
+    } else {
+      matrix(p + "self_attn.q_proj.weight", nh * (nope + rd), H);
+    }
+    matrix(p + "self_attn.kv_a_proj_with_mqa.weight", r + rd, H);
+    norm(p + "self_attn.kv_a_layernorm.weight", r);
+    matrix(p + "self_attn.kv_b_proj.weight", nh * (nope + vd), r);
+    matrix(p + "self_attn.o_proj.weight", H, nh * vd);
+    norm(p + "post_attention_layernorm.weight", H);
+    if (l < 1) {
+      mlp(p + "mlp.", I);
+      continue;
+    }
+    matrix(p + "mlp.gate.weight", E, H);
+    if (v3) add(p + "mlp.gate.e_score_correction_bias", {E}, 0.0f, 0.1f);
+    for (std::int64_t e = 0; e < E; ++e) mlp(p + "mlp.experts." + std::to_string(e) + ".", EI);
+    mlp(p + "mlp.shared_experts.", EI * shared);
+  }
+  norm("model.norm.weight", H);
+  matrix("lm_head.weight", vocab, H);
+  w.set_metadata("format", "pt");
+  std::mt19937_64 rng(a.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  w.write(a.out + "/model.safetensors", [&](std::size_t i, std::vector<std::uint8_t>& out) {
+    const auto n = static_cast<std::size_t>(specs[i].count);
+    const bool f32 = specs[i].f32;
+    out.resize(n * (f32 ? 4 : 2));
+    for (std::size_t j = 0; j < n; ++j) {
+      const float v = specs[i].mean + specs[i].std * normal(rng);
+      if (f32) {
+        std::memcpy(out.data() + 4 * j, &v, 4);
+      } else {
+        const std::uint16_t h = f32_to_bf16(v);
+        std::memcpy(out.data() + 2 * j, &h, 2);
+      }
+    }
+  });
+  std::cout << "wrote " << a.out << "\n";
+  return 0;
+}
+
 int run_make_model(const make_model_args& a) {
+  if (a.shape == "deepseek-v3-tiny" || a.shape == "deepseek-v2-tiny") return write_deepseek_model(a);
   auto shapes = known_shapes();
   auto it = shapes.find(a.shape);
-  if (it == shapes.end()) throw error(errc::invalid_argument, "unknown --shape '" + a.shape + "' (tiny, small, tinyllama-1.1b, qwen2-0.5b)");
+  if (it == shapes.end()) throw error(errc::invalid_argument, "unknown --shape '" + a.shape + "' (tiny, small, tinyllama-1.1b, qwen2-0.5b, deepseek-v3-tiny, deepseek-v2-tiny)");
   const auto& s = it->second;
   if (a.format == "gguf") return write_gguf_model(a, s);
   if (a.format != "hf") throw error(errc::invalid_argument, "unknown --format '" + a.format + "' (hf, gguf)");
@@ -346,7 +464,7 @@ int run_make_model(const make_model_args& a) {
 
 runner_fn add_make_model(CLI::App& app) {
   auto a = std::make_shared<make_model_args>();
-  app.add_option("--shape", a->shape, "tiny | small | tinyllama-1.1b | qwen2-0.5b (default tiny)");
+  app.add_option("--shape", a->shape, "tiny | small | tinyllama-1.1b | qwen2-0.5b | deepseek-v3-tiny | deepseek-v2-tiny (default tiny)");
   app.add_option("--dtype", a->dtype, "f32 | f16 | bf16 | q8_0 | q4_0 (q8_0/q4_0 with --format gguf; default f32)");
   app.add_option("--out", a->out, "Output directory (hf) or .gguf file (gguf)")->required();
   app.add_option("--format", a->format, "hf (default) | gguf");
