@@ -861,6 +861,9 @@ class shoal_impl final : public rpc::Shoal::Server {
     out.add_special = r.getAddSpecial();
     out.parse_special = !r.getSpecialsAsText();
     out.id = str(r.getRequestId());
+    out.api_key = str(r.getApiKey());
+    out.no_cache = r.getNoCache();
+    if (out.api_method.empty()) out.api_method = "rpc.generate";
     if (out.id.size() > 256)
       return refusal{errc::invalid_argument, "requestId is longer than 256 bytes"};
     return std::nullopt;

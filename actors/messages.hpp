@@ -126,13 +126,14 @@ struct generate_request {
   std::string tenant;                // set by the router
   std::string principal;             // set by the router
   std::string domain;                // set by the router: public | business | sensitive
+  bool no_cache = false;             // neither answer from nor fill the answer cache
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.id, x.model, x.kind, x.prompt, x.prompt_ids,
            x.add_special, x.parse_special, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
-           x.priority, x.sink, x.api_key, x.client_address, x.api_method, x.tenant, x.principal, x.domain);
+           x.priority, x.sink, x.api_key, x.client_address, x.api_method, x.tenant, x.principal, x.domain, x.no_cache);
 }
 
 /// The answer to a generate request: accepted (tokens will stream) or refused with a reason.

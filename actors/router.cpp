@@ -468,7 +468,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         // The answer cache: deterministic generations only, and only where the cache key (made
         // of the masked prompt) fully determines what the model sees.
         const bool deterministic = req.sampling.temperature <= 0.0f || req.sampling.has_seed;
-        if (st.opts.cache && policy.cache && deterministic && req.kind == "generate" &&
+        if (st.opts.cache && policy.cache && deterministic && req.kind == "generate" && !req.no_cache &&
             (!prompt_has_pii || policy.model_sees_masked)) {
           cache_key_fields f;
           f.tenant = who->tenant;

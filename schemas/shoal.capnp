@@ -32,6 +32,7 @@ struct GenerateRequest {
   specialsAsText @11 :Bool = false;  # treat special-token strings in the prompt as text
   requestId @12 :Text;               # optional; the router assigns one when empty
   apiKey @13 :Text;                  # the caller's API key (tenants and domains)
+  noCache @14 :Bool = false;         # neither answer from nor fill the answer cache
 }
 
 struct Chunk {

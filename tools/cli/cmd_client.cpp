@@ -46,6 +46,7 @@ struct generation_flags {
   std::vector<std::string> stop;
   std::vector<std::int32_t> stop_ids;
   bool ignore_eos = false;
+  bool no_cache = false;
   std::int32_t priority = 0;
   std::string request_id;
   bool json = false;
@@ -75,6 +76,7 @@ void add_generation_flags(CLI::App& sub, generation_flags& f) {
   sub.add_option("--stop", f.stop, "Stop string (repeatable); the text ends before it");
   sub.add_option("--stop-token-id", f.stop_ids, "Stop at this token id (repeatable)");
   sub.add_flag("--ignore-eos", f.ignore_eos, "Keep generating past end-of-sequence tokens");
+  sub.add_flag("--no-cache", f.no_cache, "Neither answer from nor fill the answer cache");
   sub.add_option("--priority", f.priority, "Higher is scheduled first (default 0)");
   sub.add_option("--request-id", f.request_id,
                  "Name the request (default: the gateway assigns one)");
@@ -98,6 +100,7 @@ client::generate_params to_params(const generation_flags& f) {
   p.stop = f.stop;
   p.stop_ids = f.stop_ids;
   p.ignore_eos = f.ignore_eos;
+  p.no_cache = f.no_cache;
   p.priority = f.priority;
   p.request_id = f.request_id;
   return p;
@@ -156,6 +159,7 @@ struct bench_flags {
   int prompt_tokens = 32;
   int gen_tokens = 64;
   bool json = false;
+  bool cache_hits = false;  // every request the same deterministic one: measures the answer cache
 };
 
 struct request_sample {
@@ -163,6 +167,7 @@ struct request_sample {
   double e2e = 0;
   std::int32_t tokens = 0;
   std::vector<double> itl;
+  bool cached = false;
 };
 
 double percentile(std::vector<double> v, double q) {
@@ -234,6 +239,19 @@ int run_bench(const bench_flags& f) {
                                             std::to_string(m->context_length));
   }
   const auto prompts = make_prompts(*probe, f.model, f.prompt_tokens, total);
+  auto params_for = [&](int i) {
+    client::generate_params p;
+    p.model = f.model;
+    p.prompt_ids = prompts[static_cast<std::size_t>(f.cache_hits ? 0 : i)];
+    p.max_tokens = f.gen_tokens;
+    p.ignore_eos = true;
+    p.sampling.temperature = 0.0f;
+    // Throughput runs measure the model, not the answer cache.
+    p.no_cache = !f.cache_hits;
+    return p;
+  };
+  // Cache-hit runs: one request first fills the cache (not counted).
+  if (f.cache_hits) probe->generate(params_for(0));
   probe.reset();
 
   std::vector<request_sample> samples(static_cast<std::size_t>(total));
@@ -248,18 +266,14 @@ int run_bench(const bench_flags& f) {
       for (int i = next++; i < total; i = next++) {
         try {
           if (!c) c = connect(f.connect);
-          client::generate_params p;
-          p.model = f.model;
-          p.prompt_ids = prompts[static_cast<std::size_t>(i)];
-          p.max_tokens = f.gen_tokens;
-          p.ignore_eos = true;
-          p.sampling.temperature = 0.0f;
+          const auto p = params_for(i);
           auto& s = samples[static_cast<std::size_t>(i)];
           const auto t0 = clock_type::now();
           auto last = t0;
           bool first = true;
           auto sum = c->generate(p, [&](const client::chunk& ch) {
             if (ch.ids.empty()) return true;
+            s.cached = s.cached || ch.cached;
             const auto now = clock_type::now();
             const double gap = seconds_between(last, now);
             last = now;
@@ -288,10 +302,11 @@ int run_bench(const bench_flags& f) {
 
   std::vector<double> ttft, itl, e2e;
   std::int64_t tokens = 0;
-  int ok = 0;
+  int ok = 0, cached = 0;
   for (const auto& s : samples) {
     if (s.tokens == 0) continue;
     ++ok;
+    cached += s.cached ? 1 : 0;
     tokens += s.tokens;
     ttft.push_back(s.ttft);
     e2e.push_back(s.e2e);
@@ -309,6 +324,7 @@ int run_bench(const bench_flags& f) {
     out["prompt_tokens"] = f.prompt_tokens;
     out["gen_tokens"] = f.gen_tokens;
     out["wall_seconds"] = wall;
+    out["cached"] = cached;
     out["output_tokens"] = tokens;
     out["output_tokens_per_second"] = tok_s;
     out["requests_per_second"] = req_s;
@@ -331,7 +347,7 @@ int run_bench(const bench_flags& f) {
               << " requests, concurrency " << f.concurrency << ", " << f.prompt_tokens
               << " prompt + " << f.gen_tokens << " generated tokens each\n"
               << std::fixed << std::setprecision(2) << "  completed          " << ok << " ("
-              << errors.size() << " failed)\n"
+              << errors.size() << " failed, " << cached << " answered from the cache)\n"
               << "  wall time          " << wall << " s\n"
               << "  output tokens/s    " << tok_s << "\n"
               << "  requests/s         " << req_s << "\n"
@@ -389,6 +405,9 @@ runner_fn add_client(CLI::App& app) {
   bench->add_option("--gen-tokens", bf->gen_tokens,
                     "Tokens generated per request, EOS ignored (default 64)");
   bench->add_flag("--json", bf->json, "Print one JSON object instead of the table");
+  bench->add_flag("--cache-hits", bf->cache_hits,
+                  "Send one deterministic request over and over: latency of answers from the cache "
+                  "(other runs bypass the cache)");
 
   return [=]() -> int {
     if (gen->parsed()) {

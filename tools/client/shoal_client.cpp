@@ -4,6 +4,8 @@
 
 #include "tools/client/shoal_client.hpp"
 
+#include <cstdlib>
+
 #include <capnp/message.h>
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
@@ -39,7 +41,7 @@ std::string str(capnp::Text::Reader t) {
   return std::string(t.begin(), t.size());
 }
 
-void fill(rpc::GenerateRequest::Builder out, const generate_params& p) {
+void fill(rpc::GenerateRequest::Builder out, const generate_params& p, const std::string& default_key) {
   out.setModel(text(p.model));
   out.setPrompt(text(p.prompt));
   auto ids = out.initPromptIds(static_cast<unsigned>(p.prompt_ids.size()));
@@ -65,6 +67,8 @@ void fill(rpc::GenerateRequest::Builder out, const generate_params& p) {
   out.setAddSpecial(p.add_special);
   out.setSpecialsAsText(p.specials_as_text);
   out.setRequestId(text(p.request_id));
+  out.setApiKey(text(p.api_key.empty() ? default_key : p.api_key));
+  out.setNoCache(p.no_cache);
 }
 
 // A summary, or the exception it stands for when the generation ended in error.
@@ -338,6 +342,9 @@ client::client(std::string host, std::int32_t port, client_options opts)
   impl_->host = std::move(host);
   impl_->port = port;
   impl_->opts = opts;
+  if (impl_->opts.api_key.empty()) {
+    if (const char* k = std::getenv("SHOAL_API_KEY")) impl_->opts.api_key = k;
+  }
   impl_->connect();
 }
 
@@ -350,7 +357,7 @@ summary client::generate(const generate_params& params, const chunk_callback& on
   state->on_chunk = &on_chunk;
   state->cancel = [this] { cancel(); };
   auto req = shoal.generateRequest();
-  fill(req.initRequest(), params);
+  fill(req.initRequest(), params, impl_->opts.api_key);
   req.setSink(kj::heap<sink_impl>(state, kj::mv(done.fulfiller)));
   return impl_->run_stream(kj::mv(req), state, kj::mv(done.promise));
 }
@@ -371,14 +378,14 @@ summary client::chat(const chat_params& params, const chunk_callback& on_chunk) 
   r.setMessagesJson(text(params.messages_json));
   r.setToolsJson(text(params.tools_json));
   r.setAddGenerationPrompt(params.add_generation_prompt);
-  fill(r.initGeneration(), params.generation);
+  fill(r.initGeneration(), params.generation, impl_->opts.api_key);
   req.setSink(kj::heap<sink_impl>(state, kj::mv(done.fulfiller)));
   return impl_->run_stream(kj::mv(req), state, kj::mv(done.promise));
 }
 
 completion client::complete(const generate_params& params) {
   auto req = impl_->connect().completeRequest();
-  fill(req.initRequest(), params);
+  fill(req.initRequest(), params, impl_->opts.api_key);
   auto resp = impl_->wait(req.send());
   if (resp.hasError()) throw_refusal(resp.getError());
   auto c = resp.getCompletion();

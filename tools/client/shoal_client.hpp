@@ -49,6 +49,8 @@ struct generate_params {
   bool add_special = true;        // add BOS as the tokenizer says
   bool specials_as_text = false;  // special-token strings in the prompt stay text
   std::string request_id;         // "" = the gateway assigns one
+  std::string api_key;            // "" = the client's default (client_options::api_key)
+  bool no_cache = false;          // neither answer from nor fill the answer cache
 };
 
 struct chat_message {
@@ -118,6 +120,7 @@ struct client_options {
   std::uint64_t max_message_words = 8
                                     << 20;  // largest answer read, in 8-byte words. Default: 64 MiB
   std::int32_t connect_timeout_ms = 10000;  // Default: 10 s
+  std::string api_key;                      // sent with every request that names none. Default: $SHOAL_API_KEY
 };
 
 /// Receives each chunk as it arrives; return false to cancel the generation.
