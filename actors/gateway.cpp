@@ -763,6 +763,28 @@ class shoal_impl final : public rpc::Shoal::Server {
         });
   }
 
+  kj::Promise<void> admin(AdminContext ctx) override {
+    auto r = ctx.getParams().getRequest();
+    admin_request a;
+    a.api_key = str(r.getApiKey());
+    a.op = str(r.getOp());
+    a.tenant = str(r.getTenant());
+    a.principal = str(r.getPrincipal());
+    a.operation = str(r.getOperation());
+    a.since = str(r.getSince());
+    a.until = str(r.getUntil());
+    a.limit = r.getLimit();
+    a.api_method = "rpc.admin";
+    return loop_.ask<admin_result>(admin_atom::value, std::move(a))
+        .then([ctx](outcome<admin_result> o) mutable {
+          auto res = ctx.getResults();
+          if (!o.value) return set_error(res.initError(), o.code, o.message);
+          if (!o.value->ok) return set_error(res.initError(), o.value->error_code, o.value->error_message);
+          auto lines = res.initLines(static_cast<unsigned>(o.value->lines.size()));
+          for (unsigned i = 0; i < o.value->lines.size(); ++i) lines.set(i, text(o.value->lines[i]));
+        });
+  }
+
   kj::Promise<void> health(HealthContext ctx) override {
     return loop_.ask<cluster_status>(status_atom::value)
         .then([ctx](outcome<cluster_status> o) mutable {

@@ -621,7 +621,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           auto r = rec;
           r["when"]["end"] = utc_now_iso();
           r["outcome"] = json{{"status", "ok"}};
-          r["outcome"].update(extra);
+          if (extra.is_object()) r["outcome"].update(extra);
           auto deliver = [=](std::uint64_t) mutable {
             admin_result res;
             res.ok = true;
@@ -656,7 +656,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
               }, fail);
         } else if (req.op == "blocks") {
           self->request(st.opts.auditor, std::chrono::seconds(60), blocks_atom::value)
-              .then([=](std::vector<std::string>& lines) mutable { done(std::move(lines), json{}); }, fail);
+              .then([=](std::vector<std::string>& lines) mutable { done(std::move(lines), json::object()); }, fail);
         } else {  // unblock
           const std::string target = req.principal;
           if (!st.blocked.erase(target)) return refused(errc::not_found, "principal '" + target + "' is not blocked");

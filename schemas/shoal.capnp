@@ -116,6 +116,17 @@ interface GenerationHandle {
   cancel @0 ();
 }
 
+struct AdminRequest {
+  apiKey @0 :Text;
+  op @1 :Text;                       # query | export | blocks | unblock | purge_cache
+  tenant @2 :Text;                   # filter / target ("" = the caller's own for non-admin keys)
+  principal @3 :Text;                # filter, or the principal ("tenant/key id") to unblock
+  operation @4 :Text;                # filter: the audited operation
+  since @5 :Text;                    # filter: ISO-8601 UTC, inclusive
+  until @6 :Text;
+  limit @7 :UInt64;                  # 0 = all
+}
+
 interface Shoal {
   # Streams chunks to `sink` as tokens are produced, then `done`. A refused request returns
   # `error` set and never calls the sink. Dropping the handle or the connection cancels.
@@ -125,4 +136,6 @@ interface Shoal {
   models @3 () -> (models :List(ModelInfo));
   health @4 () -> (health :Health);
   chat @5 (request :ChatRequest, sink :TokenSink) -> (handle :GenerationHandle, error :Error, requestId :Text);
+  # Administrative operations (audited): audit records as JSON lines, blocks, unblock, cache purge.
+  admin @6 (request :AdminRequest) -> (lines :List(Text), error :Error);
 }

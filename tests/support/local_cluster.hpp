@@ -151,6 +151,14 @@ class local_cluster {
   std::string data_dir(const std::string& node) const { return dir_ / ("data-" + node); }
   std::string dir() const { return dir_.path(); }
 
+  /// Stops one node the way an operator does (SIGTERM) and waits for it to exit.
+  void stop_node(const std::string& node) {
+    ::kill(pids_.at(node), SIGTERM);
+    int status = 0;
+    ::waitpid(pids_.at(node), &status, 0);
+    pids_[node] = -1;
+  }
+
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
     ::kill(pids_.at(node), SIGKILL);

@@ -157,7 +157,8 @@ class sink_impl final : public rpc::TokenSink::Server {
 errc errc_from_string(const std::string& code) {
   for (auto c :
        {errc::invalid_argument, errc::not_found, errc::corrupt_file, errc::unsupported,
-        errc::out_of_range, errc::unavailable, errc::overloaded, errc::cancelled, errc::internal}) {
+        errc::out_of_range, errc::unavailable, errc::overloaded, errc::cancelled, errc::internal,
+        errc::unauthenticated, errc::forbidden, errc::rate_limited}) {
     if (code == to_string(c)) return c;
   }
   return errc::internal;
@@ -417,6 +418,24 @@ std::vector<model_info> client::models() {
     out.push_back(
         {str(m.getName()), m.getContextLength(), m.getReplicas(), m.getHealthyReplicas()});
   }
+  return out;
+}
+
+std::vector<std::string> client::admin(const admin_params& p) {
+  auto req = impl_->connect().adminRequest();
+  auto r = req.initRequest();
+  r.setApiKey(text(p.api_key.empty() ? impl_->opts.api_key : p.api_key));
+  r.setOp(text(p.op));
+  r.setTenant(text(p.tenant));
+  r.setPrincipal(text(p.principal));
+  r.setOperation(text(p.operation));
+  r.setSince(text(p.since));
+  r.setUntil(text(p.until));
+  r.setLimit(p.limit);
+  auto resp = impl_->wait(req.send());
+  if (resp.hasError()) throw_refusal(resp.getError());
+  std::vector<std::string> out;
+  for (auto l : resp.getLines()) out.push_back(str(l));
   return out;
 }
 

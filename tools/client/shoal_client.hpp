@@ -116,6 +116,13 @@ struct health_info {
   std::vector<replica_health> replicas;
 };
 
+struct admin_params {
+  std::string op;  // query | export | blocks | unblock | purge_cache
+  std::string tenant, principal, operation, since, until;
+  std::uint64_t limit = 0;
+  std::string api_key;
+};
+
 struct client_options {
   std::uint64_t max_message_words = 8
                                     << 20;  // largest answer read, in 8-byte words. Default: 64 MiB
@@ -145,6 +152,10 @@ class client {
                                      bool add_special = true);
   std::vector<model_info> models();
   health_info health();
+  /// An administrative operation (see schemas/shoal.capnp AdminRequest): its JSON lines, or
+  /// shoal::error with the router's code (unauthenticated, forbidden, ...). The request's api_key
+  /// defaults to the client's.
+  std::vector<std::string> admin(const admin_params& params);
   /// Cancels the generate() or chat() running on this client, if any. Callable from any thread.
   void cancel();
 
