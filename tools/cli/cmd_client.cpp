@@ -409,7 +409,27 @@ runner_fn add_client(CLI::App& app) {
                   "Send one deterministic request over and over: latency of answers from the cache "
                   "(other runs bypass the cache)");
 
+  auto* adm = app.add_subcommand(
+      "admin", "Administrative operations through the router (each one audited): read or export the "
+               "audit log, list or lift blocks, purge cached answers");
+  auto ap = std::make_shared<client::admin_params>();
+  auto admin_at = std::make_shared<std::string>();
+  add_connect_flag(*adm, *admin_at);
+  adm->add_option("--op", ap->op, "query | export | blocks | unblock | purge_cache")->required();
+  adm->add_option("--tenant", ap->tenant, "Filter or target tenant (non-admin keys: their own)");
+  adm->add_option("--principal", ap->principal, "Filter, or the principal (tenant/key id) to unblock");
+  adm->add_option("--operation", ap->operation, "Filter: the audited operation (generate, export, ...)");
+  adm->add_option("--since", ap->since, "Filter: UTC ISO-8601, inclusive");
+  adm->add_option("--until", ap->until, "Filter: UTC ISO-8601, inclusive");
+  adm->add_option("--limit", ap->limit, "At most this many records");
+  adm->add_option("--api-key", ap->api_key, "The key to act with (default $SHOAL_API_KEY)");
+
   return [=]() -> int {
+    if (adm->parsed()) {
+      auto c = connect(*admin_at);
+      for (const auto& line : c->admin(*ap)) std::cout << line << "\n";
+      return 0;
+    }
     if (gen->parsed()) {
       auto c = connect(gf->connect);
       auto p = to_params(*gf);
