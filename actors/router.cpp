@@ -332,6 +332,22 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
     e.stats.detail = "not started";
     st0.replicas.push_back(e);
   }
+  // The deployment itself is an administrative action: what this router serves, with which
+  // weights, and which keys it accepts (their ids, never their hashes).
+  if (st0.opts.auditor) {
+    auto rec = base_record(st0, "admin", "deploy", nullptr, "", "", "", "node.start");
+    json models = json::array(), replicas = json::array(), keys = json::array();
+    for (const auto& m : st0.opts.config.models) models.push_back({{"name", m.name}, {"weights", st0.model_versions[m.name]}});
+    for (const auto& r : st0.opts.config.replicas) {
+      replicas.push_back({{"name", r.name}, {"model", r.model}, {"kind", r.kind}, {"nodes", r.tensor_parallel}});
+    }
+    for (const auto& t : st0.opts.config.auth.tenants) {
+      for (const auto& k : t.keys) keys.push_back({{"tenant", t.name}, {"id", k.id}, {"role", k.role}});
+    }
+    rec["deploy"] = json{{"cluster", st0.opts.config.name}, {"models", models}, {"replicas", replicas}, {"keys", keys},
+                         {"blocked", st0.blocked.size()}};
+    audit_async(self, rec, "ok", "", "");
+  }
   self->set_down_handler([=](const caf::down_msg& dm) {
     for (auto& r : self->state.replicas) {
       if (r.batcher && r.batcher.address() == dm.source) {

@@ -433,8 +433,12 @@ BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
   g.cluster->stop_node("n0");
   const std::string db = g.cluster->data_dir("n0") + "/audit";
   auto log = shoal::actors::audit_log::open(db, true);
-  int blocked = 0, unblocked = 0, refused_blocked = 0;
+  int blocked = 0, unblocked = 0, refused_blocked = 0, deploys = 0;
   log->query({}, [&](const nlohmann::json& r) {
+    if (r.value("kind", "") == "admin" && r["what"].value("operation", "") == "deploy") {
+      ++deploys;
+      BOOST_CHECK_EQUAL(r["deploy"]["models"][0]["weights"].get<std::string>().size(), 64u);
+    }
     if (r.value("kind", "") == "alert" && r["who"].value("principal", "") == "a1") ++blocked;
     if (r.value("kind", "") == "admin" && r["what"].value("operation", "") == "unblock" &&
         r.value("target", "") == "alpha/a1") {
@@ -444,6 +448,7 @@ BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
   });
   BOOST_CHECK_EQUAL(blocked, 1);
   BOOST_CHECK_EQUAL(unblocked, 1);
+  BOOST_CHECK_EQUAL(deploys, 2);  // the first start and the restart
   BOOST_CHECK_GE(refused_blocked, 2);
   BOOST_CHECK(log->verify().ok);
 }
