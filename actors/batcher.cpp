@@ -285,6 +285,7 @@ void start_workers(self_ptr self) {
               setup.num_blocks = num_blocks;
               setup.threads = s.opts.node_threads[rank];
               setup.bind_host = s.opts.node_hosts[rank];
+              setup.expert_parallel = s.opts.replica.parallel == "expert";
               self->request(w, caf::infinite, setup_atom::value, setup)
                   .then(
                       [=](std::int32_t port) {

@@ -105,6 +105,10 @@ cluster_config cluster_config::load(const std::string& path) {
       if (!spec->has_role("worker")) fail("replica '" + s.name + "' uses node '" + node + "', which lacks the 'worker' role");
       s.tensor_parallel.push_back(node);
     }
+    s.parallel = get<std::string>(r, "parallel", "tensor", where);
+    if (s.parallel != "tensor" && s.parallel != "expert") {
+      fail("replica '" + s.name + "' has unknown 'parallel: " + s.parallel + "' (tensor or expert)");
+    }
     for (std::int32_t v : {s.weight, s.kv_cache_tokens, s.block_size, s.max_running, s.token_budget, s.max_prefill_chunk, s.max_waiting}) {
       if (v < 1) fail("replica '" + s.name + "': sizes and weights must be at least 1");
     }

@@ -36,6 +36,8 @@ struct replica_spec {
   std::string kind = "generate";      // request kind pool. Default: generate
   std::int32_t weight = 1;            // weighted round robin. Default: 1
   std::vector<std::string> tensor_parallel;  // worker node names, rank order
+  std::string parallel = "tensor";           // how the ranks split the model: tensor (heads and MLP
+                                             // columns) or expert (routed experts; DeepSeek). Default: tensor
   std::int32_t kv_cache_tokens = 4096;       // KV slots on each rank. Default: 4096
   std::int32_t block_size = 16;              // Default: 16
   std::int32_t max_running = 32;             // Default: 32

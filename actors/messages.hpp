@@ -246,12 +246,13 @@ struct shard_setup {
   std::int32_t num_blocks = 0;
   std::int32_t threads = 1;
   std::string bind_host = "127.0.0.1";
+  bool expert_parallel = false;  // split routed experts instead of heads (replica 'parallel: expert')
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
   return f(caf::meta::type_name("shard_setup"), x.model_path, x.replica, x.rank, x.world, x.block_size,
-           x.num_blocks, x.threads, x.bind_host);
+           x.num_blocks, x.threads, x.bind_host, x.expert_parallel);
 }
 
 /// A sequence the workers have not seen before: rank 0 keeps its sampler state.

@@ -37,6 +37,10 @@ sampling_params to_params(const sampling_spec& s) {
   return p;
 }
 
+shard_spec spec_of(const shard_setup& s) {
+  return shard_spec{s.rank, s.world, s.expert_parallel ? parallel_mode::expert : parallel_mode::tensor};
+}
+
 step_result run_step(shard_state& st, const step_request& req) {
   step_result res;
   res.step = req.step;
@@ -99,6 +103,7 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
           st.mdl = model::load(s.model_path);
           st.backend = kernels::make_cpu_backend(std::max(1, s.threads));
           if (s.world > 1) {
+            check_shard(*st.mdl, spec_of(s));  // a split that cannot work fails here, before the ring
             st.comm = std::make_unique<tcp_communicator>(s.rank, s.world, s.bind_host);
             return st.comm->port();
           }
@@ -114,7 +119,7 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
         try {
           if (st.setup.world > 1) {
             st.comm->connect(addresses, std::chrono::seconds(60));
-            st.runner = std::make_unique<model_runner>(*st.mdl, *st.backend, shard_spec{st.setup.rank, st.setup.world},
+            st.runner = std::make_unique<model_runner>(*st.mdl, *st.backend, spec_of(st.setup),
                                                        st.comm.get(),
                                                        kv_cache_options{st.setup.block_size, st.setup.num_blocks});
           }

@@ -188,7 +188,10 @@ void model_runner::deepseek_ffn(std::size_t li, std::int64_t n) {
   const std::int64_t H = c.hidden_size;
   proj_.resize(n * H);
   if (c.moe.is_moe_layer(static_cast<std::int64_t>(li))) {
-    moe_.forward(be_, c.moe, LW, xn_.data(), n, H, expert_range{}, true, proj_.data());
+    // Expert parallelism: every rank routes all tokens (identically), runs its own experts, rank 0
+    // adds the shared experts; the all-reduce sums the partial outputs.
+    moe_.forward(be_, c.moe, LW, xn_.data(), n, H, experts_, shard_.rank == 0, proj_.data());
+    if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), static_cast<std::size_t>(n * H));
   } else {
     run_mlp(be_, mlp_weights{LW.w_gate, LW.w_up, LW.w_down}, xn_.data(), n, proj_.data(), gate_, up_);
   }

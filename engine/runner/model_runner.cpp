@@ -18,7 +18,8 @@ kv_cache make_cache(const model_config& c, shard_spec shard, kv_cache_options kv
   if (c.family == model_family::deepseek) {
     return kv_cache::latent(c.n_layers, c.mla.kv_lora_rank + c.mla.qk_rope_dim, kv.block_size, blocks);
   }
-  return kv_cache(c.n_layers, c.n_kv_heads / std::max(shard.world_size, 1), c.head_dim, kv.block_size, blocks);
+  const int ways = shard.mode == parallel_mode::expert ? 1 : std::max(shard.world_size, 1);
+  return kv_cache(c.n_layers, c.n_kv_heads / ways, c.head_dim, kv.block_size, blocks);
 }
 
 }  // namespace
@@ -28,34 +29,64 @@ std::int64_t kv_bytes_per_token(const model_config& c, int world_size) {
   return 2 * c.n_layers * (c.n_kv_heads / std::max(world_size, 1)) * c.head_dim * 4;
 }
 
+expert_range expert_slice(std::int64_t n_experts, int rank, int world_size) {
+  return expert_range{n_experts * rank / world_size, n_experts * (rank + 1) / world_size};
+}
+
+void check_shard(const model& m, shard_spec shard) {
+  const auto& c = m.config();
+  const int w = shard.world_size, r = shard.rank;
+  if (w < 1 || r < 0 || r >= w) throw error(errc::invalid_argument, "invalid shard rank/world size");
+  if (w == 1) return;
+  const std::string ways = std::to_string(w);
+  if (shard.mode == parallel_mode::expert) {
+    if (c.family != model_family::deepseek || c.moe.n_routed_experts < 1) {
+      throw error(errc::invalid_argument, m.path() + ": expert parallelism needs a mixture-of-experts model (DeepSeek); " +
+                                              c.architecture + " has no routed experts: use tensor parallelism");
+    }
+    if (c.moe.n_routed_experts < w) {
+      throw error(errc::invalid_argument, m.path() + ": cannot split " + std::to_string(c.moe.n_routed_experts) +
+                                              " routed experts across " + ways + " expert-parallel ranks");
+    }
+    return;
+  }
+  if (c.family == model_family::deepseek) {
+    throw error(errc::unsupported, m.path() + ": " + c.architecture + " cannot be split across " + ways +
+                                       " tensor-parallel ranks (latent attention heads are not split); use expert "
+                                       "parallelism (cluster YAML replica key 'parallel: expert'), which splits the "
+                                       "routed experts and replicates attention");
+  }
+  if (c.n_kv_heads % w != 0 || c.n_heads % w != 0 || c.intermediate_size % w != 0) {
+    throw error(errc::invalid_argument,
+                m.path() + ": cannot split " + std::to_string(c.n_heads) + " heads / " +
+                    std::to_string(c.n_kv_heads) + " kv heads / " + std::to_string(c.intermediate_size) +
+                    " MLP columns evenly across " + ways + " tensor-parallel ranks");
+  }
+}
+
+namespace {
+// Tensor parallelism splits heads and MLP columns; expert parallelism keeps them whole.
+int split_ways(shard_spec s) { return s.mode == parallel_mode::expert ? 1 : std::max(s.world_size, 1); }
+}  // namespace
+
 model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard,
                            communicator* comm, kv_cache_options kv)
     : model_(m),
       be_(be),
       shard_(shard),
       comm_(comm),
-      n_heads_(m.config().n_heads / shard.world_size),
-      n_kv_heads_(m.config().n_kv_heads / shard.world_size),
-      ffn_(m.config().intermediate_size / shard.world_size),
+      n_heads_(m.config().n_heads / split_ways(shard)),
+      n_kv_heads_(m.config().n_kv_heads / split_ways(shard)),
+      ffn_(m.config().intermediate_size / split_ways(shard)),
       cache_(make_cache(m.config(), shard, kv)) {
   const auto& c = m.config();
+  check_shard(m, shard);
   const int w = shard.world_size, r = shard.rank;
-  if (w < 1 || r < 0 || r >= w) throw error(errc::invalid_argument, "invalid shard rank/world size");
-  if (w > 1 && !comm) throw error(errc::invalid_argument, "tensor parallelism needs a communicator");
+  if (w > 1 && !comm) throw error(errc::invalid_argument, "a " + std::to_string(w) + "-rank runner needs a communicator");
   if (c.family == model_family::deepseek) {
-    if (w > 1) {
-      throw error(errc::unsupported, m.path() + ": " + c.architecture + " runs on a single shard for now: splitting "
-                                     "latent attention heads and experts across " + std::to_string(w) +
-                                     " tensor-parallel ranks is not implemented");
-    }
+    if (w > 1) experts_ = expert_slice(c.moe.n_routed_experts, r, w);
     init_deepseek();
     return;
-  }
-  if (c.n_kv_heads % w != 0 || c.n_heads % w != 0 || c.intermediate_size % w != 0) {
-    throw error(errc::invalid_argument,
-                m.path() + ": cannot split " + std::to_string(c.n_heads) + " heads / " +
-                    std::to_string(c.n_kv_heads) + " kv heads / " + std::to_string(c.intermediate_size) +
-                    " MLP columns evenly across " + std::to_string(w) + " tensor-parallel ranks");
   }
   const std::int64_t hd = c.head_dim;
   // Megatron split: q/k/v/gate/up by output rows (column-parallel), o/down by input columns

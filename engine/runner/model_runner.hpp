@@ -14,10 +14,26 @@
 
 namespace shoal {
 
-struct shard_spec {
-  int rank = 0;        // Default: 0
-  int world_size = 1;  // Default: 1 (no tensor parallelism)
+/// How a model is split across the ranks of one replica.
+enum class parallel_mode : std::uint8_t {
+  tensor,  // Megatron: attention heads and MLP columns split, all-reduce after row-parallel matmuls
+  expert,  // mixture of experts (DeepSeek): attention, dense MLPs, embeddings and the latent KV
+           // cache replicated on every rank; routed experts split by contiguous expert-id ranges;
+           // each MoE layer's partial outputs summed with an all-reduce
 };
+
+struct shard_spec {
+  int rank = 0;                                // Default: 0
+  int world_size = 1;                          // Default: 1 (no parallelism)
+  parallel_mode mode = parallel_mode::tensor;  // Default: tensor
+};
+
+/// The routed experts [begin, end) that `rank` of `world_size` owns under expert parallelism:
+/// contiguous ranges whose sizes differ by at most one.
+expert_range expert_slice(std::int64_t n_experts, int rank, int world_size);
+
+/// Throws shoal::error (naming the model and the remedy) when `m` cannot be split as `shard` asks.
+void check_shard(const model& m, shard_spec shard);
 
 /// One step's work: tokens (prompt chunks and/or decode tokens) with their positions and the block
 /// table of the sequence each belongs to.
@@ -91,6 +107,7 @@ class model_runner {
   // (F32), so the absorbed query is a matmul.
   std::vector<std::vector<float>> w_uk_t_;
   moe_executor moe_;
+  expert_range experts_;  // routed experts this rank computes (expert parallelism); all otherwise
   // Scratch, grown to the largest batch seen.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_;
   std::vector<float> qa_, qan_, kva_, mq_, mo_, mk_, mv_, head_in_, head_out_;

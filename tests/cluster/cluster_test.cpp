@@ -18,6 +18,7 @@ using shoal::test::shared_path;
 namespace {
 
 const char* kStories = "models/stories260K/hf";
+const char* kDeepseek = "models/deepseek-v3-tiny/hf";
 
 shoal::client::generate_params greedy(const std::vector<std::int32_t>& ids, int n) {
   shoal::client::generate_params p;
@@ -133,6 +134,62 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_across_three_processes, *boost::unit_test::
                    {{"tp2", {"wa", "wb"}, 4096, 32, 256, 256}});
   cl.wait_ready(90);
   check_goldens(cl.rpc_port());
+}
+
+// DeepSeek-V3 with its routed experts split across two shard-worker processes (replica
+// 'parallel: expert'): every golden's 24 greedy ids, one request at a time and all at once.
+BOOST_AUTO_TEST_CASE(expert_parallel_across_three_processes, *boost::unit_test::precondition(needs_shared{kDeepseek})) {
+  shoal::test::replica_def ep{"ep2", {"wa", "wb"}, 4096, 32, 256, 256};
+  ep.parallel = "expert";
+  local_cluster cl(shared_path(kDeepseek),
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}}, {ep});
+  cl.wait_ready(90);
+  std::vector<std::vector<std::int32_t>> prompts, wants;
+  for (auto& p : read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"))) {
+    auto g = read_json(shared_path("golden/deepseek-v3-tiny/" + p["name"].get<std::string>() + ".json"));
+    prompts.push_back(g["prompt_ids"].get<std::vector<std::int32_t>>());
+    wants.push_back(g["generated_ids"].get<std::vector<std::int32_t>>());
+  }
+  BOOST_REQUIRE_EQUAL(prompts.size(), 3u);
+  shoal::client::client c("127.0.0.1", cl.rpc_port());
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    BOOST_TEST(generate_ids(c, greedy(prompts[i], static_cast<int>(wants[i].size()))) == wants[i],
+               boost::test_tools::per_element());
+  }
+  // Concurrently: the sequences share steps, so one MoE call routes tokens of several sequences.
+  std::vector<std::vector<std::int32_t>> got(prompts.size());
+  std::vector<std::thread> ts;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    ts.emplace_back([&, i] {
+      shoal::client::client ci("127.0.0.1", cl.rpc_port());
+      got[i] = generate_ids(ci, greedy(prompts[i], static_cast<int>(wants[i].size())));
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (std::size_t i = 0; i < prompts.size(); ++i) BOOST_TEST(got[i] == wants[i], boost::test_tools::per_element());
+}
+
+// Without 'parallel: expert' a DeepSeek model split across two workers is refused, naming the key.
+BOOST_AUTO_TEST_CASE(deepseek_tensor_split_is_refused, *boost::unit_test::precondition(needs_shared{kDeepseek})) {
+  local_cluster cl(shared_path(kDeepseek),
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}},
+                   {{"tp2", {"wa", "wb"}, 4096, 32, 256, 256}});
+  // The replica fails at setup; poll health until its detail says why (or give up after a minute).
+  std::string why;
+  for (int i = 0; i < 300 && why.find("parallel: expert") == std::string::npos; ++i) {
+    try {
+      shoal::client::client c("127.0.0.1", cl.rpc_port());
+      for (auto& r : c.health().replicas) {
+        BOOST_TEST(!r.healthy);
+        why = r.detail;
+      }
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    if (why.find("parallel: expert") == std::string::npos) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  BOOST_TEST_MESSAGE("replica detail: " << why);
+  BOOST_TEST(why.find("parallel: expert") != std::string::npos, "replica detail: " << why);
 }
 
 BOOST_AUTO_TEST_CASE(killed_worker_fails_its_requests_not_others) {

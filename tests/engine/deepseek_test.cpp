@@ -4,7 +4,8 @@
 // - prompts not in ../shared and a V2-style model from `shoal make-model`, against a plain float64
 //   forward pass written here from the published formulas (no KV cache; reads config.json and the
 //   safetensors tensors by their Hugging Face names itself, so it shares no code with the loader);
-// - the latent KV cache size; FP8 block-quantized checkpoints; clear errors for bad configs.
+// - the latent KV cache size; FP8 block-quantized checkpoints; clear errors for bad configs;
+// - expert parallelism: ranks in threads joined by loopback TCP give the single runner's results.
 
 #include <boost/test/unit_test.hpp>
 
@@ -17,7 +18,9 @@
 #include <map>
 #include <numbers>
 #include <numeric>
+#include <thread>
 
+#include "engine/comm/tcp_communicator.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model.hpp"
 #include "engine/model/safetensors.hpp"
@@ -327,11 +330,12 @@ struct run_output {
 };
 
 run_output run_greedy(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n, bool fast,
-                      shoal::mla_path path = shoal::mla_path::automatic, std::int32_t prefill_chunk = 512) {
+                      shoal::mla_path path = shoal::mla_path::automatic, std::int32_t prefill_chunk = 512,
+                      shoal::shard_spec shard = {}, shoal::communicator* comm = nullptr) {
   auto be = fast ? shoal::kernels::make_cpu_backend(2) : shoal::kernels::make_reference_backend();
   shoal::kv_cache_options kv;
   kv.block_size = 4;  // several blocks even for short prompts: exercises the block tables
-  shoal::model_runner runner(m, *be, {}, nullptr, kv);
+  shoal::model_runner runner(m, *be, shard, comm, kv);
   runner.set_mla_path(path);
   shoal::generation_options opts;
   opts.sampling.temperature = 0.0f;
@@ -370,6 +374,61 @@ void check_against_reference(const shoal::model& m, reference_model& ref, const 
   }
   BOOST_TEST_MESSAGE("max |logit - reference| " << worst << (fast ? " fast" : " reference backend"));
   BOOST_TEST(worst <= tol);
+}
+
+// Greedy generation on `world` expert-parallel ranks, each in its own thread with its own runner,
+// joined by loopback TCP communicators (the cluster's backend). Every rank samples (greedy) from its
+// own logits, so each returns a full run_output.
+std::vector<run_output> run_expert_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n,
+                                            int world, bool fast, std::int32_t prefill_chunk = 512) {
+  std::vector<std::unique_ptr<shoal::tcp_communicator>> comms;
+  std::vector<std::string> addrs;
+  for (int r = 0; r < world; ++r) {
+    comms.push_back(std::make_unique<shoal::tcp_communicator>(r, world));
+    addrs.push_back("127.0.0.1:" + std::to_string(comms.back()->port()));
+  }
+  std::vector<run_output> outs(static_cast<std::size_t>(world));
+  std::vector<std::string> errors(static_cast<std::size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        comms[r]->connect(addrs, std::chrono::seconds(30));
+        outs[r] = run_greedy(m, prompt, n, fast, shoal::mla_path::automatic, prefill_chunk,
+                             shoal::shard_spec{r, world, shoal::parallel_mode::expert}, comms[r].get());
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) BOOST_REQUIRE_MESSAGE(errors[r].empty(), "rank " << r << ": " << errors[r]);
+  return outs;
+}
+
+// Expert-parallel runs on 2..`max_world` ranks against the single runner: the same greedy ids on
+// every rank, every logits row within `tol`.
+void check_expert_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n, int max_world,
+                           bool fast, float tol, std::int32_t prefill_chunk = 512) {
+  auto single = run_greedy(m, prompt, n, fast, shoal::mla_path::automatic, prefill_chunk);
+  for (int world = 2; world <= max_world; ++world) {
+    auto outs = run_expert_parallel(m, prompt, n, world, fast, prefill_chunk);
+    for (int r = 0; r < world; ++r) {
+      BOOST_TEST_CONTEXT("world " << world << " rank " << r) {
+        BOOST_TEST(outs[r].result.generated_ids == single.result.generated_ids, boost::test_tools::per_element());
+        BOOST_TEST(outs[r].logits.size() == single.logits.size());
+        float worst = 0;
+        for (auto& [pos, row] : single.logits) {
+          BOOST_REQUIRE(outs[r].logits.count(pos));
+          const auto& got = outs[r].logits[pos];
+          BOOST_REQUIRE_EQUAL(got.size(), row.size());
+          for (std::size_t i = 0; i < row.size(); ++i) worst = std::max(worst, std::fabs(got[i] - row[i]));
+        }
+        BOOST_TEST_MESSAGE("world " << world << " rank " << r << ": max |logit - single runner| " << worst);
+        BOOST_TEST(worst <= tol);
+      }
+    }
+  }
 }
 
 std::string shoal_bin() {
@@ -688,22 +747,73 @@ BOOST_AUTO_TEST_CASE(fp8_without_scales_is_named) {
   fs::remove_all(q);
 }
 
-// Splitting MLA heads / experts across tensor-parallel ranks is not implemented: asking for it must
-// fail loudly rather than compute a wrong split.
-BOOST_AUTO_TEST_CASE(tensor_parallel_is_refused, *boost::unit_test::precondition(needs_shared{kTiny})) {
+// Expert parallelism on the golden prompts: the golden ids on every rank, the single runner's
+// logits. World 3 splits the 8 experts 2/3/3.
+BOOST_AUTO_TEST_CASE(expert_parallel_goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  auto m = shoal::model::load(shared_path(kTiny));
+  auto prompts = read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"));
+  int checked = 0;
+  for (auto& p : prompts) {
+    const std::string name = p["name"];
+    auto g = read_json(shared_path("golden/deepseek-v3-tiny/" + name + ".json"));
+    auto prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
+    auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
+    const int n = static_cast<int>(want_gen.size());
+    BOOST_TEST_CONTEXT("prompt " << name) {
+      auto outs = run_expert_parallel(*m, prompt, n, 2, true);
+      for (auto& o : outs) BOOST_TEST(o.result.generated_ids == want_gen, boost::test_tools::per_element());
+      check_expert_parallel(*m, prompt, n, 3, true, 1e-4f);
+    }
+    ++checked;
+  }
+  BOOST_TEST(checked == 3);
+}
+
+// The V2 shape (softmax, group_limited_greedy, 2 shared experts, 3 experts per token) split 2 and
+// 3 ways (8 experts: 4/4 and 2/3/3), prompt in one chunk and in chunks of 3, on both backends.
+BOOST_AUTO_TEST_CASE(expert_parallel_v2_from_make_model) {
+  const fs::path dir = temp_dir("v2ep");
+  BOOST_REQUIRE(run_cli("make-model --shape deepseek-v2-tiny --seed 7 --out " + dir.string()) == 0);
+  auto m = shoal::model::load(dir.string());
+  const std::vector<std::int32_t> prompt = {1, 300, 301, 302, 400, 17, 99};
+  check_expert_parallel(*m, prompt, 8, 3, false, 1e-4f);
+  check_expert_parallel(*m, prompt, 8, 3, true, 1e-4f, 3);
+  fs::remove_all(dir);
+}
+
+// DeepSeek heads are not split: tensor parallelism is refused with the remedy named; expert
+// parallelism needs at least one expert per rank and a mixture-of-experts model.
+BOOST_AUTO_TEST_CASE(bad_splits_are_refused, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  auto m = shoal::model::load(shared_path(kTiny));
+  auto refused = [&](shoal::shard_spec s, const std::string& fragment) {
+    try {
+      shoal::check_shard(*m, s);
+      BOOST_ERROR("split " << s.world_size << " ways should be refused");
+    } catch (const shoal::error& e) {
+      BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos, e.what());
+    }
+  };
+  refused(shoal::shard_spec{0, 2}, "parallel: expert");
+  refused(shoal::shard_spec{0, 9, shoal::parallel_mode::expert}, "cannot split 8 routed experts across 9");
+  BOOST_CHECK_NO_THROW(shoal::check_shard(*m, shoal::shard_spec{1, 8, shoal::parallel_mode::expert}));
   struct no_comm final : shoal::communicator {
     int rank() const override { return 0; }
     int world_size() const override { return 2; }
     void all_reduce_sum(float*, std::size_t) override {}
   } comm;
-  auto m = shoal::model::load(shared_path(kTiny));
   auto be = shoal::kernels::make_reference_backend();
+  auto tensor_split = [&] { shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 2}, &comm, {}); };
+  BOOST_CHECK_THROW(tensor_split(), shoal::error);
+  const fs::path dir = temp_dir("llama");
+  BOOST_REQUIRE(run_cli("make-model --shape tiny --seed 3 --out " + dir.string()) == 0);
+  auto llama = shoal::model::load(dir.string());
   try {
-    shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 2}, &comm, {});
-    BOOST_ERROR("a 2-way tensor-parallel DeepSeek runner should be refused");
+    shoal::check_shard(*llama, shoal::shard_spec{0, 2, shoal::parallel_mode::expert});
+    BOOST_ERROR("expert parallelism on a dense model should be refused");
   } catch (const shoal::error& e) {
-    BOOST_TEST(std::string(e.what()).find("not implemented") != std::string::npos, e.what());
+    BOOST_TEST(std::string(e.what()).find("mixture-of-experts") != std::string::npos, e.what());
   }
+  fs::remove_all(dir);
 }
 
 // The DeepSeek-V3 chat template through `shoal generate --chat-file` on the tiny model (which

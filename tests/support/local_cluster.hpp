@@ -51,6 +51,7 @@ struct replica_def {
   int max_running = 32;
   int token_budget = 256;
   int max_waiting = 256;
+  std::string parallel = "tensor";  // replica 'parallel': tensor or expert
 };
 
 class local_cluster {
@@ -83,7 +84,7 @@ class local_cluster {
       for (std::size_t i = 0; i < r.tp.size(); ++i) y += (i ? ", " : "") + r.tp[i];
       y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
            std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
-           "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n";
+           "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n    parallel: " + r.parallel + "\n";
     }
     y += extra_yaml;
     // Tests measure the model unless they ask for the answer cache.
