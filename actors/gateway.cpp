@@ -637,7 +637,7 @@ struct refusal {
 
 class shoal_impl final : public rpc::Shoal::Server {
  public:
-  explicit shoal_impl(gateway_loop& loop) : loop_(loop) {}
+  shoal_impl(gateway_loop& loop, std::string peer) : loop_(loop), peer_(std::move(peer)) {}
 
  protected:
   kj::Promise<void> generate(GenerateContext ctx) override {
@@ -775,6 +775,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     a.until = str(r.getUntil());
     a.limit = r.getLimit();
     a.api_method = "rpc.admin";
+    a.client_address = peer_;
     return loop_.ask<admin_result>(admin_atom::value, std::move(a))
         .then([ctx](outcome<admin_result> o) mutable {
           auto res = ctx.getResults();
@@ -884,6 +885,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     out.parse_special = !r.getSpecialsAsText();
     out.id = str(r.getRequestId());
     out.api_key = str(r.getApiKey());
+    out.client_address = peer_;
     out.no_cache = r.getNoCache();
     if (out.api_method.empty()) out.api_method = "rpc.generate";
     if (out.id.size() > 256)
@@ -921,6 +923,7 @@ class shoal_impl final : public rpc::Shoal::Server {
   }
 
   gateway_loop& loop_;
+  std::string peer_;  // the client connection's address, for audit records
 };
 
 // One client connection: Cap'n Proto two-party RPC with this gateway's read limits.
@@ -1017,7 +1020,10 @@ class gateway_impl final : public gateway_server {
 
       connection_errors errors;
       {
-        capnp::Capability::Client bootstrap = kj::heap<shoal_impl>(loop);
+        // One bootstrap object per connection, so requests know where they came from.
+        auto bootstrap = [&loop](std::string peer) -> capnp::Capability::Client {
+          return kj::heap<shoal_impl>(loop, std::move(peer));
+        };
         kj::TaskSet connections(errors);
         auto inbox_task = loop.drain_inbox().eagerlyEvaluate([](kj::Exception&& e) {
           std::cerr << "shoal gateway: inbox: " << e.getDescription().cStr() << std::endl;
@@ -1058,13 +1064,15 @@ class gateway_impl final : public gateway_server {
   }
 
   kj::Promise<void> accept_loop(kj::ConnectionReceiver& listener,
-                                capnp::Capability::Client bootstrap, capnp::ReaderOptions limits,
+                                std::function<capnp::Capability::Client(std::string)> bootstrap,
+                                capnp::ReaderOptions limits,
                                 kj::TaskSet& connections, kj::Timer& timer) {
     return listener.accept()
         .then(
             [bootstrap, limits, conns = &connections](
                 kj::Own<kj::AsyncIoStream>&& stream) mutable -> kj::Promise<void> {
-              auto conn = kj::heap<connection>(kj::mv(stream), bootstrap, limits);
+              auto peer = peer_address(*stream);
+              auto conn = kj::heap<connection>(kj::mv(stream), bootstrap(std::move(peer)), limits);
               auto closed = conn->network.onDisconnect();
               conns->add(closed.attach(kj::mv(conn)));
               return kj::READY_NOW;

@@ -22,6 +22,28 @@
 
 namespace shoal::actors {
 
+std::string peer_address(kj::AsyncIoStream& s) {
+  sockaddr_storage addr{};
+  kj::uint len = sizeof addr;
+  try {
+    s.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
+  } catch (...) {
+    return "";
+  }
+  char host[INET6_ADDRSTRLEN] = {};
+  if (addr.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
+  }
+  if (addr.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
+  }
+  return "";
+}
+
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -235,28 +257,6 @@ class sse_writer {
   kj::Own<kj::AsyncOutputStream> out_;
   kj::Promise<void> tail_ = kj::READY_NOW;
 };
-
-std::string peer_address(kj::AsyncIoStream& s) {
-  sockaddr_storage addr{};
-  kj::uint len = sizeof addr;
-  try {
-    s.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
-  } catch (...) {
-    return "";
-  }
-  char host[INET6_ADDRSTRLEN] = {};
-  if (addr.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
-  }
-  if (addr.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
-  }
-  return "";
-}
 
 class openai_service final : public kj::HttpService {
  public:

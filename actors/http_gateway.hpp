@@ -7,6 +7,8 @@
 
 #include <kj/async-io.h>
 
+#include <string>
+
 #include "actors/front_door.hpp"
 
 namespace shoal::actors {
@@ -17,6 +19,9 @@ class http_gateway {
   /// Serves connections from `listener` until the promise is cancelled.
   virtual kj::Promise<void> listen(kj::ConnectionReceiver& listener) = 0;
 };
+
+/// "host:port" of the other end of a connection ("" when unknown); for audit records.
+std::string peer_address(kj::AsyncIoStream& s);
 
 /// An HTTP server over `door` (which must outlive it); limits come from door.options().
 kj::Own<http_gateway> make_http_gateway(front_door& door, kj::Timer& timer);

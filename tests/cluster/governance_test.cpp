@@ -375,6 +375,10 @@ BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
   log->query({}, [&](const nlohmann::json& r) {
     if (r.value("kind", "") == "request" && r["outcome"].value("status", "") == "ok") {
       recorded.insert(r.value("request_id", ""));
+      // Where: the node and the client's address as the gateway saw it.
+      BOOST_CHECK_EQUAL(r["where"].value("node", ""), "n0");
+      BOOST_CHECK_EQUAL(r["where"].value("client", "").rfind("127.0.0.1:", 0), 0u);
+      BOOST_CHECK_EQUAL(r["how"].value("api_method", ""), "rpc.generate");
     }
   });
   int missing = 0;
