@@ -261,7 +261,37 @@ void run_step(self_ptr self) {
   }
 }
 
-// Spawns the shard workers on their nodes, loads the slices, connects the ring.
+// Every rank is linked: the replica takes requests.
+void on_linked(self_ptr self) {
+  auto& st = self->state;
+  st.ready = true;
+  st.healthy = true;
+  st.detail = "ready";
+  publish_stats(self);
+  self->send(self, tick_atom::value);
+}
+
+// communicator nccl: rank 0 makes the NCCL unique id, and it travels to every rank in actor
+// messages (no side channel); each rank then joins the communicator (blocking until all have).
+void link_nccl(self_ptr self, std::int32_t world) {
+  self->request(self->state.workers[0], std::chrono::seconds(60), nccl_id_atom::value)
+      .then(
+          [=](const std::string& id) {
+            auto joined = std::make_shared<int>(world);
+            for (std::int32_t r = 0; r < world; ++r) {
+              self->request(self->state.workers[r], caf::infinite, nccl_join_atom::value, id)
+                  .then(
+                      [=](bool) {
+                        if (--*joined == 0) on_linked(self);
+                      },
+                      [=](caf::error& e) { fail_replica(self, "rank " + std::to_string(r) + " NCCL join: " + self->system().render(e)); });
+            }
+          },
+          [=](caf::error& e) { fail_replica(self, "rank 0 NCCL unique id: " + self->system().render(e)); });
+}
+
+// Spawns the shard workers on their nodes, loads the slices, connects the ring (tcp) or joins the
+// NCCL communicator (nccl).
 void start_workers(self_ptr self) {
   auto& st = self->state;
   const auto world = static_cast<std::int32_t>(st.opts.nodes.size());
@@ -286,12 +316,17 @@ void start_workers(self_ptr self) {
               setup.threads = s.opts.node_threads[rank];
               setup.bind_host = s.opts.node_hosts[rank];
               setup.expert_parallel = s.opts.replica.parallel == "expert";
+              setup.communicator = s.opts.replica.communicator;
               self->request(w, caf::infinite, setup_atom::value, setup)
                   .then(
                       [=](std::int32_t port) {
                         (*ports)[rank] = port;
                         if (--*left > 0) return;
                         auto& s2 = self->state;
+                        if (s2.opts.replica.communicator == "nccl" && world > 1) {
+                          link_nccl(self, world);
+                          return;
+                        }
                         std::vector<std::string> addrs;
                         for (std::int32_t r = 0; r < world; ++r) addrs.push_back(s2.opts.node_hosts[r] + ":" + std::to_string((*ports)[r]));
                         auto connected = std::make_shared<int>(world);
@@ -299,13 +334,7 @@ void start_workers(self_ptr self) {
                           self->request(s2.workers[r], caf::infinite, connect_atom::value, addrs)
                               .then(
                                   [=](bool) {
-                                    if (--*connected > 0) return;
-                                    auto& s3 = self->state;
-                                    s3.ready = true;
-                                    s3.healthy = true;
-                                    s3.detail = "ready";
-                                    publish_stats(self);
-                                    self->send(self, tick_atom::value);
+                                    if (--*connected == 0) on_linked(self);
                                   },
                                   [=](caf::error& e) { fail_replica(self, "rank " + std::to_string(r) + " link: " + self->system().render(e)); });
                         }

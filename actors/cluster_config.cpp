@@ -109,6 +109,10 @@ cluster_config cluster_config::load(const std::string& path) {
     if (s.parallel != "tensor" && s.parallel != "expert") {
       fail("replica '" + s.name + "' has unknown 'parallel: " + s.parallel + "' (tensor or expert)");
     }
+    s.communicator = get<std::string>(r, "communicator", "tcp", where);
+    if (s.communicator != "tcp" && s.communicator != "nccl") {
+      fail("replica '" + s.name + "' has unknown 'communicator: " + s.communicator + "' (tcp or nccl)");
+    }
     for (std::int32_t v : {s.weight, s.kv_cache_tokens, s.block_size, s.max_running, s.token_budget, s.max_prefill_chunk, s.max_waiting}) {
       if (v < 1) fail("replica '" + s.name + "': sizes and weights must be at least 1");
     }

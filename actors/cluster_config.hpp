@@ -38,6 +38,8 @@ struct replica_spec {
   std::vector<std::string> tensor_parallel;  // worker node names, rank order
   std::string parallel = "tensor";           // how the ranks split the model: tensor (heads and MLP
                                              // columns) or expert (routed experts; DeepSeek). Default: tensor
+  std::string communicator = "tcp";          // collectives between the ranks: tcp (ring over TCP,
+                                             // CPU) or nccl (GPUs; needs libshoal_nccl.so). Default: tcp
   std::int32_t kv_cache_tokens = 4096;       // KV slots on each rank. Default: 4096
   std::int32_t block_size = 16;              // Default: 16
   std::int32_t max_running = 32;             // Default: 32

@@ -44,6 +44,8 @@ using block_atom = caf::atom_constant<caf::atom("block")>;
 using unblock_atom = caf::atom_constant<caf::atom("unblock")>;
 using blocks_atom = caf::atom_constant<caf::atom("blocks")>;
 using admin_atom = caf::atom_constant<caf::atom("admin")>;
+using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
+using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
 
 /// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
 struct sampling_spec {
@@ -247,12 +249,14 @@ struct shard_setup {
   std::int32_t threads = 1;
   std::string bind_host = "127.0.0.1";
   bool expert_parallel = false;  // split routed experts instead of heads (replica 'parallel: expert')
+  std::string communicator = "tcp";  // tcp or nccl (replica 'communicator'); nccl ranks join with
+                                     // the unique id that rank 0 makes (nccl_id_atom, nccl_join_atom)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
   return f(caf::meta::type_name("shard_setup"), x.model_path, x.replica, x.rank, x.world, x.block_size,
-           x.num_blocks, x.threads, x.bind_host, x.expert_parallel);
+           x.num_blocks, x.threads, x.bind_host, x.expert_parallel, x.communicator);
 }
 
 /// A sequence the workers have not seen before: rank 0 keeps its sampler state.

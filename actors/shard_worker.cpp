@@ -3,6 +3,7 @@
 #include <map>
 #include <memory>
 
+#include "engine/comm/nccl_communicator.hpp"
 #include "engine/comm/tcp_communicator.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model.hpp"
@@ -17,7 +18,8 @@ struct shard_state {
   shard_setup setup;
   std::unique_ptr<model> mdl;
   std::unique_ptr<kernels::backend> backend;
-  std::unique_ptr<tcp_communicator> comm;
+  std::unique_ptr<tcp_communicator> comm;        // communicator tcp
+  std::unique_ptr<nccl_communicator> nccl_comm;  // communicator nccl
   std::unique_ptr<model_runner> runner;
   std::map<std::string, std::unique_ptr<sampler>> samplers;  // rank 0 only
   std::vector<float> logits;
@@ -104,6 +106,11 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
           st.backend = kernels::make_cpu_backend(std::max(1, s.threads));
           if (s.world > 1) {
             check_shard(*st.mdl, spec_of(s));  // a split that cannot work fails here, before the ring
+            if (s.communicator == "nccl") {
+              std::string why;
+              if (!nccl_available(why)) throw error(errc::unavailable, "NCCL is unavailable here: " + why);
+              return std::int32_t{0};  // no port: the ranks join with rank 0's unique id instead
+            }
             st.comm = std::make_unique<tcp_communicator>(s.rank, s.world, s.bind_host);
             return st.comm->port();
           }
@@ -123,6 +130,32 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
                                                        st.comm.get(),
                                                        kv_cache_options{st.setup.block_size, st.setup.num_blocks});
           }
+          return true;
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+        }
+      },
+      [=](nccl_id_atom) -> caf::result<std::string> {
+        auto& st = self->state;
+        if (!st.mdl || st.setup.communicator != "nccl" || st.setup.rank != 0) {
+          return caf::make_error(caf::sec::runtime_error, std::string("only a set-up NCCL rank 0 makes the unique id"));
+        }
+        try {
+          return nccl_unique_id();
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+        }
+      },
+      [=](nccl_join_atom, const std::string& unique_id) -> caf::result<bool> {
+        auto& st = self->state;
+        if (!st.mdl || st.setup.communicator != "nccl") {
+          return caf::make_error(caf::sec::runtime_error, std::string("shard worker is not set up for NCCL"));
+        }
+        try {
+          // Blocks this (detached) worker until every rank has joined.
+          st.nccl_comm = std::make_unique<nccl_communicator>(st.setup.rank, st.setup.world, unique_id);
+          st.runner = std::make_unique<model_runner>(*st.mdl, *st.backend, spec_of(st.setup), st.nccl_comm.get(),
+                                                     kv_cache_options{st.setup.block_size, st.setup.num_blocks});
           return true;
         } catch (const std::exception& e) {
           return caf::make_error(caf::sec::runtime_error, std::string(e.what()));

@@ -15,6 +15,10 @@ using shard_worker_actor = caf::typed_actor<
     caf::replies_to<setup_atom, shard_setup>::with<std::int32_t>,
     // Connect the ring: every rank's "host:port", in rank order.
     caf::replies_to<connect_atom, std::vector<std::string>>::with<bool>,
+    // communicator nccl: rank 0 makes the NCCL unique id (256 hex digits) after its setup...
+    caf::replies_to<nccl_id_atom>::with<std::string>,
+    // ...and the batcher hands it to every rank, which joins the NCCL communicator with it.
+    caf::replies_to<nccl_join_atom, std::string>::with<bool>,
     caf::replies_to<step_atom, step_request>::with<step_result>>;
 
 shard_worker_actor spawn_shard_worker(caf::actor_system& sys);
