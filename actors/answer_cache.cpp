@@ -162,14 +162,8 @@ std::optional<cached_answer> answer_cache::get(const std::string& tenant, const 
   } else {
     payload = value.substr(kHeader);
   }
-  auto j = nlohmann::json::parse(payload, nullptr, false);
-  if (j.is_discarded()) throw error(errc::internal, "answer cache: an entry is not valid JSON");
-  cached_answer a;
-  a.ids = j.value("ids", std::vector<std::int32_t>{});
-  a.text = j.value("text", std::string());
-  a.finish_reason = j.value("finish_reason", std::string());
-  a.prompt_tokens = j.value("prompt_tokens", 0);
-  a.completion_tokens = j.value("completion_tokens", 0);
+  auto a = cached_answer_from_json(payload);
+  if (!a) throw error(errc::internal, "answer cache: an entry is not a valid answer");
   return a;
 }
 
@@ -179,12 +173,7 @@ std::int64_t answer_cache::put(const std::string& tenant, const std::string& key
   if (encrypt && impl_->key.empty()) {
     throw error(errc::invalid_argument, "answer cache: an encrypted entry needs a cache key (cache.key_file or cache.key_env)");
   }
-  const std::string payload = nlohmann::json{{"ids", answer.ids},
-                                             {"text", answer.text},
-                                             {"finish_reason", answer.finish_reason},
-                                             {"prompt_tokens", answer.prompt_tokens},
-                                             {"completion_tokens", answer.completion_tokens}}
-                                  .dump();
+  const std::string payload = to_json_text(answer);
   const auto ekey = entry_key(tenant, key);
   const std::uint64_t order = impl_->next_order++;
   std::string value;
@@ -259,6 +248,31 @@ void answer_cache::compact() {
   std::lock_guard lock(impl_->mutex);
   check(impl_->db->Flush(rocksdb::FlushOptions()), "flush");
   check(impl_->db->CompactRange(rocksdb::CompactRangeOptions(), nullptr, nullptr), "compact");
+}
+
+std::string to_json_text(const cached_answer& a) {
+  return nlohmann::json{{"ids", a.ids},
+                        {"text", a.text},
+                        {"finish_reason", a.finish_reason},
+                        {"prompt_tokens", a.prompt_tokens},
+                        {"completion_tokens", a.completion_tokens}}
+      .dump();
+}
+
+std::optional<cached_answer> cached_answer_from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  try {
+    cached_answer a;
+    a.ids = j.value("ids", std::vector<std::int32_t>{});
+    a.text = j.value("text", std::string());
+    a.finish_reason = j.value("finish_reason", std::string());
+    a.prompt_tokens = j.value("prompt_tokens", 0);
+    a.completion_tokens = j.value("completion_tokens", 0);
+    return a;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;  // a field of the wrong type
+  }
 }
 
 namespace {

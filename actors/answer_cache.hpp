@@ -24,6 +24,12 @@ struct cached_answer {
   std::int32_t completion_tokens = 0;
 };
 
+/// An answer as JSON text ({ids, text, finish_reason, prompt_tokens, completion_tokens}): how it is
+/// stored and how it travels between the cache actor and the router.
+std::string to_json_text(const cached_answer& a);
+/// The answer in `text`, or nothing when it is not such a JSON object.
+std::optional<cached_answer> cached_answer_from_json(const std::string& text);
+
 struct cache_counts {
   std::int64_t entries = 0;
   std::int64_t bytes = 0;

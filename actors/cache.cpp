@@ -74,26 +74,15 @@ cache_actor::behavior_type cache(cache_actor::stateful_pointer<cache_state> self
         }
         if (st.metrics) (a ? st.metrics->hits : st.metrics->misses).Add({{"domain", domain}}).Increment();
         if (!a) return {};
-        return nlohmann::json{{"ids", a->ids},
-                              {"text", a->text},
-                              {"finish_reason", a->finish_reason},
-                              {"prompt_tokens", a->prompt_tokens},
-                              {"completion_tokens", a->completion_tokens}}
-            .dump();
+        return to_json_text(*a);
       },
       [=](store_atom, const std::string& tenant, const std::string& key, const std::string& domain, bool encrypt,
           const std::string& answer) {
         auto& st = self->state;
-        auto j = nlohmann::json::parse(answer, nullptr, false);
-        if (j.is_discarded()) return;
-        cached_answer a;
-        a.ids = j.value("ids", std::vector<std::int32_t>{});
-        a.text = j.value("text", std::string());
-        a.finish_reason = j.value("finish_reason", std::string());
-        a.prompt_tokens = j.value("prompt_tokens", 0);
-        a.completion_tokens = j.value("completion_tokens", 0);
+        auto a = cached_answer_from_json(answer);
+        if (!a) return;
         try {
-          auto evicted = st.store->put(tenant, key, a, encrypt, now_seconds());
+          auto evicted = st.store->put(tenant, key, *a, encrypt, now_seconds());
           if (st.metrics) {
             st.metrics->stores.Add({{"domain", domain}}).Increment();
             if (evicted) st.metrics->evictions.Add({{"domain", domain}}).Increment(static_cast<double>(evicted));

@@ -51,6 +51,10 @@ using self_ptr = router_actor::stateful_pointer<router_state>;
 
 using finish_listener = caf::typed_actor<caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>>;
 
+// Clients choose request ids, model names and prompts: bytes that are not UTF-8 must not stop a
+// record from being written (nlohmann::json refuses to serialise them): they become U+FFFD.
+std::string text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 std::string principal_key(const principal& p) { return p.tenant + "/" + p.id; }
 
 std::string ids_text(const std::vector<std::int32_t>& ids) {
@@ -125,12 +129,9 @@ caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor clien
     // An answer that itself carries personal data is not kept: the cache must hold nothing a
     // masked log would not.
     if (ok && !s.cached && !ctx->cache_key.empty() && ctx->cache && !output_has_pii) {
-      json answer{{"ids", st.ids},
-                  {"text", st.text},
-                  {"finish_reason", s.finish_reason},
-                  {"prompt_tokens", s.prompt_tokens},
-                  {"completion_tokens", s.completion_tokens}};
-      self->send(ctx->cache, store_atom::value, ctx->tenant, ctx->cache_key, ctx->domain, ctx->encrypt, answer.dump());
+      cached_answer answer{st.ids, st.text, s.finish_reason, s.prompt_tokens, s.completion_tokens};
+      self->send(ctx->cache, store_atom::value, ctx->tenant, ctx->cache_key, ctx->domain, ctx->encrypt,
+                 to_json_text(answer));
     }
     if (!ctx->auditor) return finish(s);
     json rec = ctx->record;
@@ -144,7 +145,7 @@ caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor clien
                           {"replica", s.replica}};
     rec["digests"]["output_sha256"] = sha256_hex(masked_out);
     if (ctx->store_text) rec["text"]["output"] = masked_out;
-    self->request(ctx->auditor, std::chrono::seconds(30), audit_atom::value, rec.dump())
+    self->request(ctx->auditor, std::chrono::seconds(30), audit_atom::value, text(rec))
         .then([=](std::uint64_t) { finish(s); },
               [=](caf::error& e) {
                 // The client must not believe a request was recorded when it was not.
@@ -266,7 +267,7 @@ void audit_async(self_ptr self, json rec, const std::string& status, const std::
   if (!st.opts.auditor) return;
   rec["when"]["end"] = rec["when"]["start"];
   rec["outcome"] = json{{"status", status}, {"error_code", code}, {"message", message}};
-  self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, rec.dump())
+  self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, text(rec))
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
@@ -289,7 +290,7 @@ void block(self_ptr self, const principal& who, const alert_trip& trip) {
   rec["when"]["end"] = rec["when"]["start"];
   rec["alert"] = json{{"rule", trip.rule}, {"detail", trip.detail}};
   rec["outcome"] = json{{"status", "blocked"}};
-  self->request(st.opts.auditor, std::chrono::seconds(30), block_atom::value, key, info.dump(), rec.dump())
+  self->request(st.opts.auditor, std::chrono::seconds(30), block_atom::value, key, text(info), text(rec))
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
@@ -512,8 +513,8 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         self->request(st.opts.cache, std::chrono::seconds(5), lookup_atom::value, ctx->tenant, ctx->cache_key, ctx->domain)
             .then(
                 [=](const std::string& hit) mutable {
-                  auto j = hit.empty() ? json() : json::parse(hit, nullptr, false);
-                  if (hit.empty() || j.is_discarded()) {
+                  auto a = hit.empty() ? std::nullopt : cached_answer_from_json(hit);
+                  if (!a) {
                     if (auto trip = self->state.alerts->miss_probe(ctx->tenant, ctx->who, probe)) {
                       block(self, *who, *trip);
                     }
@@ -526,19 +527,19 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
                   res.accepted = true;
                   res.id = req.id;
                   res.replica = "cache";
-                  res.prompt_tokens = j.value("prompt_tokens", 0);
+                  res.prompt_tokens = a->prompt_tokens;
                   rp.deliver(res);
                   caf::anon_send(t, open_atom::value);
                   token_chunk c;
                   c.id = req.id;
-                  c.ids = j.value("ids", std::vector<std::int32_t>{});
-                  c.text = j.value("text", std::string());
+                  c.ids = std::move(a->ids);
+                  c.text = std::move(a->text);
                   c.cached = true;
                   generation_summary s;
                   s.id = req.id;
-                  s.finish_reason = j.value("finish_reason", std::string("length"));
+                  s.finish_reason = a->finish_reason.empty() ? "length" : a->finish_reason;
                   s.prompt_tokens = res.prompt_tokens;
-                  s.completion_tokens = j.value("completion_tokens", 0);
+                  s.completion_tokens = a->completion_tokens;
                   s.replica = "cache";
                   s.cached = true;
                   if (!c.ids.empty() || !c.text.empty()) caf::anon_send(t, std::move(c));
@@ -645,7 +646,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
             rp.deliver(std::move(res));
           };
           if (!self->state.opts.auditor) return deliver(0);
-          self->request(self->state.opts.auditor, std::chrono::seconds(30), audit_atom::value, r.dump())
+          self->request(self->state.opts.auditor, std::chrono::seconds(30), audit_atom::value, text(r))
               .then(deliver, [=](caf::error& e) mutable {
                 rp.deliver(admin_refusal(errc::unavailable, "the audit record could not be written: " +
                                                                 self->system().render(e)));
@@ -660,12 +661,12 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
             return rp;
           }
           self->request(st.opts.cache, std::chrono::seconds(60), purge_atom::value, req.tenant)
-              .then([=](std::int64_t n) mutable { done({json{{"removed", n}}.dump()}, json{{"removed", n}}); }, fail);
+              .then([=](std::int64_t n) mutable { done({text(json{{"removed", n}})}, json{{"removed", n}}); }, fail);
           return rp;
         }
         if (!st.opts.auditor) return admin_refusal(errc::unavailable, "this cluster keeps no audit log");
         if (req.op == "query" || req.op == "export") {
-          self->request(st.opts.auditor, std::chrono::seconds(60), query_atom::value, filter.dump())
+          self->request(st.opts.auditor, std::chrono::seconds(60), query_atom::value, text(filter))
               .then([=](std::vector<std::string>& lines) mutable {
                 const auto n = lines.size();
                 done(std::move(lines), json{{"records", n}});
@@ -680,11 +681,11 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           r["when"]["end"] = utc_now_iso();
           r["target"] = target;
           r["outcome"] = json{{"status", "ok"}};
-          self->request(st.opts.auditor, std::chrono::seconds(30), unblock_atom::value, target, r.dump())
+          self->request(st.opts.auditor, std::chrono::seconds(30), unblock_atom::value, target, text(r))
               .then([=](std::uint64_t) mutable {
                 admin_result res;
                 res.ok = true;
-                res.lines = {json{{"unblocked", target}}.dump()};
+                res.lines = {text(json{{"unblocked", target}})};
                 rp.deliver(std::move(res));
               }, fail);
         }

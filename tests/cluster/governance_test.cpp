@@ -242,6 +242,16 @@ BOOST_AUTO_TEST_CASE(cache_hits_are_per_tenant_and_domain, *boost::unit_test::pr
   auto nc = p;
   nc.no_cache = true;
   BOOST_CHECK(!is_cached(run(alpha, nc)));
+  // Bytes that are not UTF-8 where the audit record quotes the request: a clear refusal or a normal
+  // answer, and the router (and its audit log) keep going.
+  auto bad_model = p;
+  bad_model.model = "m\xff\xfe";
+  expect_refused([&] { run(alpha, bad_model); }, shoal::errc::not_found, "a model name that is not UTF-8");
+  auto bad_id = p;
+  bad_id.request_id = "id-\xc3\x28";
+  bad_id.no_cache = true;
+  BOOST_CHECK_EQUAL(run(alpha, bad_id).ids.size(), 16u);
+  BOOST_CHECK(is_cached(run(alpha, p)));
 
   // The sensitive domain caches its answers sealed: the text is nowhere in the database.
   auto secret = g.client(kSecret);
