@@ -92,6 +92,20 @@ capnp::Text::Reader text(const std::string& s) {
   return capnp::Text::Reader(s.data(), s.size());
 }
 
+void fill_summary(rpc::Summary::Builder out, const generation_summary& s) {
+  out.setRequestId(text(s.id));
+  out.setFinishReason(text(s.finish_reason));
+  out.setErrorCode(text(s.error_code));
+  out.setErrorMessage(text(s.error_message));
+  out.setPromptTokens(s.prompt_tokens);
+  out.setCompletionTokens(s.completion_tokens);
+  out.setQueueSeconds(s.queue_seconds);
+  out.setTtftSeconds(s.ttft_seconds);
+  out.setTotalSeconds(s.total_seconds);
+  out.setReplica(text(s.replica));
+  out.setCached(s.cached);
+}
+
 void set_error(rpc::Error::Builder e, const std::string& code, const std::string& message) {
   e.setCode(text(code));
   e.setMessage(text(message));
@@ -517,18 +531,7 @@ class gateway_loop : public kj::TaskSet::ErrorHandler, public front_door {
       } else if (g->summary && !g->done_sent) {
         auto req = sink->doneRequest();
         const auto& s = *g->summary;
-        auto out = req.initSummary();
-        out.setRequestId(text(s.id));
-        out.setFinishReason(text(s.finish_reason));
-        out.setErrorCode(text(s.error_code));
-        out.setErrorMessage(text(s.error_message));
-        out.setPromptTokens(s.prompt_tokens);
-        out.setCompletionTokens(s.completion_tokens);
-        out.setQueueSeconds(s.queue_seconds);
-        out.setTtftSeconds(s.ttft_seconds);
-        out.setTotalSeconds(s.total_seconds);
-        out.setReplica(text(s.replica));
-        out.setCached(s.cached);
+        fill_summary(req.initSummary(), s);
         g->done_sent = true;
         g->sending = true;
         tasks_->add(req.send().then(
@@ -695,18 +698,7 @@ class shoal_impl final : public rpc::Shoal::Server {
             auto ids = c.initTokenIds(static_cast<unsigned>(g->ids.size()));
             for (unsigned i = 0; i < g->ids.size(); ++i) ids.set(i, g->ids[i]);
             c.setText(text(g->text));
-            auto out = c.initSummary();
-            out.setRequestId(text(s.id));
-            out.setFinishReason(text(s.finish_reason));
-            out.setErrorCode(text(s.error_code));
-            out.setErrorMessage(text(s.error_message));
-            out.setPromptTokens(s.prompt_tokens);
-            out.setCompletionTokens(s.completion_tokens);
-            out.setQueueSeconds(s.queue_seconds);
-            out.setTtftSeconds(s.ttft_seconds);
-            out.setTotalSeconds(s.total_seconds);
-            out.setReplica(text(s.replica));
-            out.setCached(s.cached);
+            fill_summary(c.initSummary(), s);
           });
         })
         .attach(kj::mv(guard));

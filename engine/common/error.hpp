@@ -20,7 +20,7 @@ enum class errc {
   unauthenticated,   // no valid credentials (an unknown or missing API key)
   forbidden,         // the principal may not do this (domain policy, a blocking rule)
   rate_limited,      // the tenant is over a configured rate or concurrency limit
-  internal,          // a bug: an invariant did not hold
+  internal,          // a bug: an invariant did not hold (keep last: code parsers iterate up to it)
 };
 
 const char* to_string(errc code);

@@ -155,11 +155,9 @@ class sink_impl final : public rpc::TokenSink::Server {
 }  // namespace
 
 errc errc_from_string(const std::string& code) {
-  for (auto c :
-       {errc::invalid_argument, errc::not_found, errc::corrupt_file, errc::unsupported,
-        errc::out_of_range, errc::unavailable, errc::overloaded, errc::cancelled, errc::internal,
-        errc::unauthenticated, errc::forbidden, errc::rate_limited}) {
-    if (code == to_string(c)) return c;
+  // Every code, so a code added to errc is understood here too (internal is the last).
+  for (int i = 0; i <= static_cast<int>(errc::internal); ++i) {
+    if (code == to_string(static_cast<errc>(i))) return static_cast<errc>(i);
   }
   return errc::internal;
 }
