@@ -23,7 +23,8 @@ matrix matrix::row_slice(std::int64_t begin, std::int64_t count) const {
 matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
   const std::int64_t granule =
       (type == dtype::i4 || type == dtype::f8_e4m3) ? group_size : dtype_block_size(type);
-  if (begin % granule != 0 || count % granule != 0) {
+  // A window starts on a block and ends on one, or at the last column (a partial last block).
+  if (begin % granule != 0 || (count % granule != 0 && begin + count != cols)) {
     throw std::invalid_argument(std::string("column window [") + std::to_string(begin) + ", " +
                                 std::to_string(begin + count) + ") of a " + to_string(type) +
                                 " matrix does not fall on its " + std::to_string(granule) +

@@ -420,6 +420,24 @@ BOOST_AUTO_TEST_CASE(column_windows_and_row_slices) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(f8_windows_end_on_a_block_or_at_the_last_column) {
+  // FP8 matrices narrower than their 128-column scale block (small models): the whole width is a
+  // valid window (a tensor-parallel world of one); a window that cuts a block is refused by name.
+  std::vector<std::uint8_t> bytes(5 * 64, 0x38);  // 1.0 in E4M3
+  std::vector<float> scales(5, 0.5f);
+  matrix w{bytes.data(), dtype::f8_e4m3, 5, 64, 64};
+  w.scales = scales.data();
+  w.scale_stride = 1;
+  w.group_size = 128;
+  const matrix all = w.col_slice(0, 64);
+  BOOST_TEST(all.cols == 64);
+  std::vector<float> row(64);
+  dequantize_row(all, 4, row.data());
+  BOOST_TEST(row[63] == 0.5f);
+  BOOST_CHECK_THROW(w.col_slice(0, 32), std::invalid_argument);
+  BOOST_CHECK_THROW(w.col_slice(32, 32), std::invalid_argument);
+}
+
 BOOST_AUTO_TEST_CASE(through_the_fast_backend) {
   // The backend picks the kernel for each weight type and splits rows across its threads.
   for (int threads : {1, 2, 3}) {
