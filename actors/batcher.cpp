@@ -315,7 +315,7 @@ void start_workers(self_ptr self) {
               setup.num_blocks = num_blocks;
               setup.threads = s.opts.node_threads[rank];
               setup.bind_host = s.opts.node_hosts[rank];
-              setup.expert_parallel = s.opts.replica.parallel == "expert";
+              setup.parallel = s.opts.replica.parallel;
               setup.communicator = s.opts.replica.communicator;
               self->request(w, caf::infinite, setup_atom::value, setup)
                   .then(

@@ -106,8 +106,8 @@ cluster_config cluster_config::load(const std::string& path) {
       s.tensor_parallel.push_back(node);
     }
     s.parallel = get<std::string>(r, "parallel", "tensor", where);
-    if (s.parallel != "tensor" && s.parallel != "expert") {
-      fail("replica '" + s.name + "' has unknown 'parallel: " + s.parallel + "' (tensor or expert)");
+    if (s.parallel != "tensor" && s.parallel != "expert" && s.parallel != "tensor+expert") {
+      fail("replica '" + s.name + "' has unknown 'parallel: " + s.parallel + "' (tensor, expert or tensor+expert)");
     }
     s.communicator = get<std::string>(r, "communicator", "tcp", where);
     if (s.communicator != "tcp" && s.communicator != "nccl") {

@@ -248,7 +248,7 @@ struct shard_setup {
   std::int32_t num_blocks = 0;
   std::int32_t threads = 1;
   std::string bind_host = "127.0.0.1";
-  bool expert_parallel = false;  // split routed experts instead of heads (replica 'parallel: expert')
+  std::string parallel = "tensor";  // replica 'parallel': tensor, expert or tensor+expert
   std::string communicator = "tcp";  // tcp or nccl (replica 'communicator'); nccl ranks join with
                                      // the unique id that rank 0 makes (nccl_id_atom, nccl_join_atom)
 };
@@ -256,7 +256,7 @@ struct shard_setup {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
   return f(caf::meta::type_name("shard_setup"), x.model_path, x.replica, x.rank, x.world, x.block_size,
-           x.num_blocks, x.threads, x.bind_host, x.expert_parallel, x.communicator);
+           x.num_blocks, x.threads, x.bind_host, x.parallel, x.communicator);
 }
 
 /// A sequence the workers have not seen before: rank 0 keeps its sampler state.

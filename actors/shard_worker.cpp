@@ -40,7 +40,7 @@ sampling_params to_params(const sampling_spec& s) {
 }
 
 shard_spec spec_of(const shard_setup& s) {
-  return shard_spec{s.rank, s.world, s.expert_parallel ? parallel_mode::expert : parallel_mode::tensor};
+  return shard_spec{s.rank, s.world, parse_parallel_mode(s.parallel)};
 }
 
 step_result run_step(shard_state& st, const step_request& req) {

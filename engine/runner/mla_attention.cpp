@@ -14,6 +14,7 @@ void model_runner::mla_attention(std::size_t li, const forward_batch& b) {
   const auto& c = model_.config();
   const auto& a = c.mla;
   const auto& LW = model_.weights().layers[li];
+  const auto& L = layers_[li];
   const std::int64_t n = static_cast<std::int64_t>(b.tokens.size());
   const std::int64_t nh = n_heads_, nope = a.qk_nope_dim, rd = a.qk_rope_dim, qk = nope + rd;
   const std::int64_t r = a.kv_lora_rank, lw = r + rd, vd = a.v_head_dim;
@@ -25,9 +26,9 @@ void model_runner::mla_attention(std::size_t li, const forward_batch& b) {
     const kernels::matmul_job jobs[] = {{LW.wq_a.m, qa_.data()}, {LW.wkv_a.m, kva_.data()}};
     be_.matmul_multi(jobs, xn_.data(), n);
     be_.rmsnorm(qa_.data(), LW.q_a_norm.data(), c.rms_norm_eps, n, a.q_lora_rank, qan_.data());
-    be_.matmul(LW.wq_b.m, qan_.data(), n, q_.data());
+    be_.matmul(L.wq, qan_.data(), n, q_.data());
   } else {
-    const kernels::matmul_job jobs[] = {{LW.wq.m, q_.data()}, {LW.wkv_a.m, kva_.data()}};
+    const kernels::matmul_job jobs[] = {{L.wq, q_.data()}, {LW.wkv_a.m, kva_.data()}};
     be_.matmul_multi(jobs, xn_.data(), n);
   }
   const auto* inv_freq = model_.rope_inv_freq().data();
@@ -60,7 +61,8 @@ void model_runner::mla_attention(std::size_t li, const forward_batch& b) {
   }
   if (!absorbed.empty()) attend_absorbed(li, b, absorbed);
   proj_.resize(n * c.hidden_size);
-  be_.matmul(LW.wo.m, attn_.data(), n, proj_.data());
+  be_.matmul(L.wo, attn_.data(), n, proj_.data());
+  if (split_attention_) comm_->all_reduce_sum(proj_.data(), static_cast<std::size_t>(n * c.hidden_size));
 }
 
 // score(t, j) = q_nope . (W_uk c_j) + q_pe . k_pe_j = (W_uk^T q_nope) . c_j + q_pe . k_pe_j, and
@@ -68,7 +70,6 @@ void model_runner::mla_attention(std::size_t li, const forward_batch& b) {
 // cache rows themselves (keys and values both the row; the value's last rd dims are dropped).
 void model_runner::attend_absorbed(std::size_t li, const forward_batch& b, const std::vector<std::int64_t>& toks) {
   const auto& a = model_.config().mla;
-  const auto& LW = model_.weights().layers[li];
   const std::int64_t m = static_cast<std::int64_t>(toks.size());
   const std::int64_t nh = n_heads_, nope = a.qk_nope_dim, rd = a.qk_rope_dim, qk = nope + rd;
   const std::int64_t r = a.kv_lora_rank, lw = r + rd, vd = a.v_head_dim;
@@ -111,7 +112,7 @@ void model_runner::attend_absorbed(std::size_t li, const forward_batch& b, const
     for (std::int64_t i = 0; i < m; ++i) {
       std::memcpy(head_in_.data() + i * r, mo_.data() + (i * nh + h) * lw, r * sizeof(float));
     }
-    const kernels::matrix w_uv = LW.wkv_b.m.row_slice(h * (nope + vd) + nope, vd);
+    const kernels::matrix w_uv = layers_[li].wkv_b.row_slice(h * (nope + vd) + nope, vd);
     be_.matmul(w_uv, head_in_.data(), m, head_out_.data());
     for (std::int64_t i = 0; i < m; ++i) {
       std::memcpy(attn_.data() + (toks[i] * nh + h) * vd, head_out_.data() + i * vd, vd * sizeof(float));
@@ -123,7 +124,6 @@ void model_runner::attend_absorbed(std::size_t li, const forward_batch& b, const
 // ordinary attention (zero-padded to one head width when qk and vd differ).
 void model_runner::attend_plain(std::size_t li, const forward_batch& b, const std::vector<std::int64_t>& toks) {
   const auto& a = model_.config().mla;
-  const auto& LW = model_.weights().layers[li];
   const std::int64_t m = static_cast<std::int64_t>(toks.size());
   const std::int64_t nh = n_heads_, nope = a.qk_nope_dim, rd = a.qk_rope_dim, qk = nope + rd;
   const std::int64_t r = a.kv_lora_rank, lw = r + rd, vd = a.v_head_dim, hw = std::max(qk, vd);
@@ -138,7 +138,7 @@ void model_runner::attend_plain(std::size_t li, const forward_batch& b, const st
     std::memcpy(head_in_.data() + j * r, cache + slot * lw, r * sizeof(float));
   }
   head_out_.resize(static_cast<std::size_t>(ctx) * nh * (nope + vd));
-  be_.matmul(LW.wkv_b.m, head_in_.data(), ctx, head_out_.data());
+  be_.matmul(layers_[li].wkv_b, head_in_.data(), ctx, head_out_.data());
   mk_.assign(static_cast<std::size_t>(ctx) * nh * hw, 0.0f);
   mv_.assign(static_cast<std::size_t>(ctx) * nh * hw, 0.0f);
   for (std::int32_t j = 0; j < ctx; ++j) {
@@ -187,13 +187,17 @@ void model_runner::deepseek_ffn(std::size_t li, std::int64_t n) {
   const auto& LW = model_.weights().layers[li];
   const std::int64_t H = c.hidden_size;
   proj_.resize(n * H);
+  const auto& L = layers_[li];
   if (c.moe.is_moe_layer(static_cast<std::int64_t>(li))) {
-    // Expert parallelism: every rank routes all tokens (identically), runs its own experts, rank 0
-    // adds the shared experts; the all-reduce sums the partial outputs.
-    moe_.forward(be_, c.moe, LW, xn_.data(), n, H, experts_, shard_.rank == 0, proj_.data());
+    // Every rank routes all tokens (identically) and runs its share: its experts (expert
+    // parallelism) or its columns of every expert (tensor parallelism), and its part of the shared
+    // experts; the all-reduce sums the partial outputs.
+    moe_.forward(be_, c.moe, LW, L.experts, L.with_shared ? &L.shared : nullptr, xn_.data(), n, H, experts_,
+                 proj_.data());
     if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), static_cast<std::size_t>(n * H));
   } else {
-    run_mlp(be_, mlp_weights{LW.w_gate, LW.w_up, LW.w_down}, xn_.data(), n, proj_.data(), gate_, up_);
+    run_mlp(be_, L.dense, xn_.data(), n, proj_.data(), gate_, up_);
+    if (split_attention_) comm_->all_reduce_sum(proj_.data(), static_cast<std::size_t>(n * H));
   }
 }
 

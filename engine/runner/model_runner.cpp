@@ -33,41 +33,110 @@ expert_range expert_slice(std::int64_t n_experts, int rank, int world_size) {
   return expert_range{n_experts * rank / world_size, n_experts * (rank + 1) / world_size};
 }
 
+const char* to_string(parallel_mode m) {
+  switch (m) {
+    case parallel_mode::tensor: return "tensor";
+    case parallel_mode::expert: return "expert";
+    case parallel_mode::tensor_expert: return "tensor+expert";
+  }
+  return "?";
+}
+
+parallel_mode parse_parallel_mode(const std::string& s) {
+  for (auto m : {parallel_mode::tensor, parallel_mode::expert, parallel_mode::tensor_expert}) {
+    if (s == to_string(m)) return m;
+  }
+  throw error(errc::invalid_argument, "unknown parallel mode '" + s + "' (tensor, expert or tensor+expert)");
+}
+
+namespace {
+
+// Tensor parallelism splits heads and MLP columns; expert parallelism alone keeps them whole.
+int split_ways(shard_spec s) { return s.mode == parallel_mode::expert ? 1 : std::max(s.world_size, 1); }
+
+
+// Columns [r * I / ways, ...) of one gated MLP: gate/up by output rows, down by input columns.
+mlp_weights slice_mlp(const mlp_weights& w, int r, int ways) {
+  if (ways == 1 || !w.gate.m.data) return w;
+  const std::int64_t i = w.gate.m.rows / ways;
+  mlp_weights s = w;
+  s.gate.m = w.gate.m.row_slice(r * i, i);
+  s.up.m = w.up.m.row_slice(r * i, i);
+  s.down.m = w.down.m.col_slice(r * i, i);
+  return s;
+}
+
+}  // namespace
+
 void check_shard(const model& m, shard_spec shard) {
   const auto& c = m.config();
   const int w = shard.world_size, r = shard.rank;
   if (w < 1 || r < 0 || r >= w) throw error(errc::invalid_argument, "invalid shard rank/world size");
   if (w == 1) return;
   const std::string ways = std::to_string(w);
-  if (shard.mode == parallel_mode::expert) {
-    if (c.family != model_family::deepseek || c.moe.n_routed_experts < 1) {
-      throw error(errc::invalid_argument, m.path() + ": expert parallelism needs a mixture-of-experts model (DeepSeek); " +
-                                              c.architecture + " has no routed experts: use tensor parallelism");
+  const bool deepseek = c.family == model_family::deepseek;
+  if (shard.mode != parallel_mode::tensor) {
+    if (!deepseek || c.moe.n_routed_experts < 1) {
+      throw error(errc::invalid_argument, m.path() + ": expert parallelism ('parallel: " +
+                                              std::string(to_string(shard.mode)) +
+                                              "') needs a mixture-of-experts model (DeepSeek); " + c.architecture +
+                                              " has no routed experts: use 'parallel: tensor'");
     }
     if (c.moe.n_routed_experts < w) {
       throw error(errc::invalid_argument, m.path() + ": cannot split " + std::to_string(c.moe.n_routed_experts) +
                                               " routed experts across " + ways + " expert-parallel ranks");
     }
+    if (shard.mode == parallel_mode::expert) return;
+  }
+  auto uneven = [&](std::int64_t n, const std::string& what) {
+    if (n % w != 0) {
+      throw error(errc::invalid_argument, m.path() + ": cannot split " + std::to_string(n) + " " + what +
+                                              " evenly across " + ways + " tensor-parallel ranks (parallel: " +
+                                              to_string(shard.mode) + ")");
+    }
+  };
+  // A column window of a block-quantized matrix must start and end on its blocks.
+  auto window = [&](const weight& t, std::int64_t per_rank) {
+    if (!t.m.data) return;
+    for (int k = 0; k < w; ++k) {
+      try {
+        (void)t.m.col_slice(k * per_rank, per_rank);
+      } catch (const std::invalid_argument& e) {
+        throw error(errc::invalid_argument, m.path() + ": cannot split '" + t.name + "' " + ways +
+                                                " ways for tensor parallelism: " + e.what());
+      }
+    }
+  };
+  if (!deepseek) {
+    uneven(c.n_heads, "attention heads");
+    uneven(c.n_kv_heads, "key/value heads");
+    uneven(c.intermediate_size, "MLP columns");
+    for (const auto& l : m.weights().layers) {
+      window(l.wo, c.n_heads / w * c.head_dim);
+      window(l.w_down, c.intermediate_size / w);
+    }
     return;
   }
-  if (c.family == model_family::deepseek) {
-    throw error(errc::unsupported, m.path() + ": " + c.architecture + " cannot be split across " + ways +
-                                       " tensor-parallel ranks (latent attention heads are not split); use expert "
-                                       "parallelism (cluster YAML replica key 'parallel: expert'), which splits the "
-                                       "routed experts and replicates attention");
-  }
-  if (c.n_kv_heads % w != 0 || c.n_heads % w != 0 || c.intermediate_size % w != 0) {
-    throw error(errc::invalid_argument,
-                m.path() + ": cannot split " + std::to_string(c.n_heads) + " heads / " +
-                    std::to_string(c.n_kv_heads) + " kv heads / " + std::to_string(c.intermediate_size) +
-                    " MLP columns evenly across " + ways + " tensor-parallel ranks");
+  uneven(c.n_heads, "attention heads");
+  for (std::size_t li = 0; li < m.weights().layers.size(); ++li) {
+    const auto& l = m.weights().layers[li];
+    window(l.wo, c.n_heads / w * c.mla.v_head_dim);
+    if (l.w_down.m.data) {
+      uneven(l.w_down.m.cols, "dense MLP columns");
+      window(l.w_down, l.w_down.m.cols / w);
+    }
+    if (l.shared.down.m.data) {
+      uneven(l.shared.down.m.cols, "shared-expert columns");
+      window(l.shared.down, l.shared.down.m.cols / w);
+    }
+    if (shard.mode == parallel_mode::tensor) {
+      for (const auto& e : l.experts) {
+        uneven(e.down.m.cols, "routed-expert columns (moe_intermediate_size)");
+        window(e.down, e.down.m.cols / w);
+      }
+    }
   }
 }
-
-namespace {
-// Tensor parallelism splits heads and MLP columns; expert parallelism keeps them whole.
-int split_ways(shard_spec s) { return s.mode == parallel_mode::expert ? 1 : std::max(s.world_size, 1); }
-}  // namespace
 
 model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard,
                            communicator* comm, kv_cache_options kv)
@@ -84,7 +153,8 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
   const int w = shard.world_size, r = shard.rank;
   if (w > 1 && !comm) throw error(errc::invalid_argument, "a " + std::to_string(w) + "-rank runner needs a communicator");
   if (c.family == model_family::deepseek) {
-    if (w > 1) experts_ = expert_slice(c.moe.n_routed_experts, r, w);
+    if (w > 1 && shard.mode != parallel_mode::tensor) experts_ = expert_slice(c.moe.n_routed_experts, r, w);
+    split_attention_ = w > 1 && shard.mode != parallel_mode::expert;
     init_deepseek();
     return;
   }
@@ -112,21 +182,34 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
 void model_runner::init_deepseek() {
   const auto& c = model_.config();
   const auto& a = c.mla;
-  const std::int64_t r = a.kv_lora_rank, nope = a.qk_nope_dim, per_head = a.qk_nope_dim + a.v_head_dim;
+  const std::int64_t r = a.kv_lora_rank, nope = a.qk_nope_dim, qk = nope + a.qk_rope_dim;
+  const std::int64_t vd = a.v_head_dim, per_head = nope + vd;
+  const int ways = split_ways(shard_), rank = ways > 1 ? shard_.rank : 0;
+  const std::int64_t h0 = rank * n_heads_;  // this rank's first head
   std::vector<float> row(static_cast<std::size_t>(r));
   for (const auto& l : model_.weights().layers) {
-    // W_uk for head h is rows [h * per_head, h * per_head + nope) of kv_b_proj; stored transposed.
-    std::vector<float> t(static_cast<std::size_t>(c.n_heads * r * nope));
-    for (std::int64_t h = 0; h < c.n_heads; ++h) {
+    layer_slice s;
+    s.wq = (a.q_lora_rank > 0 ? l.wq_b : l.wq).m.row_slice(h0 * qk, n_heads_ * qk);
+    s.wkv_b = l.wkv_b.m.row_slice(h0 * per_head, n_heads_ * per_head);
+    s.wo = l.wo.m.col_slice(h0 * vd, n_heads_ * vd);
+    // W_uk for local head h is rows [h * per_head, h * per_head + nope) of the slice; stored transposed.
+    std::vector<float> t(static_cast<std::size_t>(n_heads_ * r * nope));
+    for (std::int64_t h = 0; h < n_heads_; ++h) {
       for (std::int64_t i = 0; i < nope; ++i) {
-        kernels::dequantize_row(l.wkv_b.m, h * per_head + i, row.data());
+        kernels::dequantize_row(s.wkv_b, h * per_head + i, row.data());
         for (std::int64_t j = 0; j < r; ++j) t[(h * r + j) * nope + i] = row[j];
       }
     }
     w_uk_t_.push_back(std::move(t));
-    layer_slice s;
-    s.wo = l.wo.m;
-    layers_.push_back(s);
+    s.dense = slice_mlp(mlp_weights{l.w_gate, l.w_up, l.w_down}, rank, ways);
+    const int expert_ways = shard_.mode == parallel_mode::tensor ? ways : 1;
+    s.experts.reserve(l.experts.size());
+    for (const auto& e : l.experts) s.experts.push_back(slice_mlp(e, rank, expert_ways));
+    // Shared experts: column slices where heads are split; under expert parallelism alone rank 0
+    // runs them whole.
+    s.shared = slice_mlp(l.shared, rank, ways);
+    s.with_shared = ways > 1 || shard_.rank == 0;
+    layers_.push_back(std::move(s));
   }
 }
 

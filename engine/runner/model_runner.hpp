@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/kv/kv_cache.hpp"
@@ -16,11 +17,20 @@ namespace shoal {
 
 /// How a model is split across the ranks of one replica.
 enum class parallel_mode : std::uint8_t {
-  tensor,  // Megatron: attention heads and MLP columns split, all-reduce after row-parallel matmuls
-  expert,  // mixture of experts (DeepSeek): attention, dense MLPs, embeddings and the latent KV
-           // cache replicated on every rank; routed experts split by contiguous expert-id ranges;
-           // each MoE layer's partial outputs summed with an all-reduce
+  tensor,         // Megatron: attention heads and MLP columns split (every routed and shared
+                  // expert's columns too), all-reduce after row-parallel matmuls
+  expert,         // mixture of experts (DeepSeek): attention, dense MLPs, embeddings and the latent
+                  // KV cache replicated on every rank; routed experts split by contiguous expert-id
+                  // ranges; each MoE layer's partial outputs summed with an all-reduce
+  tensor_expert,  // both on the same ranks (vLLM's --enable-expert-parallel): attention heads,
+                  // dense MLP and shared-expert columns split as `tensor`, routed experts split
+                  // by id as `expert`
 };
+
+/// "tensor", "expert", "tensor+expert" (the cluster YAML's replica key `parallel`).
+const char* to_string(parallel_mode m);
+/// Throws shoal::error naming the accepted values.
+parallel_mode parse_parallel_mode(const std::string& s);
 
 struct shard_spec {
   int rank = 0;                                // Default: 0
@@ -85,6 +95,13 @@ class model_runner {
     const float* bq = nullptr;
     const float* bk = nullptr;
     const float* bv = nullptr;
+    // DeepSeek: this rank's heads of q_b_proj (or q_proj) and kv_b_proj (wo: their columns), its
+    // columns of the dense MLP, and the expert MLPs it runs (whole or column slices).
+    kernels::matrix wkv_b;
+    mlp_weights dense;
+    std::vector<mlp_weights> experts;
+    mlp_weights shared;
+    bool with_shared = false;
   };
 
   void init_deepseek();
@@ -108,6 +125,7 @@ class model_runner {
   std::vector<std::vector<float>> w_uk_t_;
   moe_executor moe_;
   expert_range experts_;  // routed experts this rank computes (expert parallelism); all otherwise
+  bool split_attention_ = false;  // heads split across ranks: all-reduce after o_proj and dense MLPs
   // Scratch, grown to the largest batch seen.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_;
   std::vector<float> qa_, qan_, kva_, mq_, mo_, mk_, mv_, head_in_, head_out_;

@@ -78,8 +78,9 @@ void run_mlp(kernels::backend& be, const mlp_weights& w, const float* x, std::in
   be.matmul(w.down.m, gate.data(), n, y);
 }
 
-void moe_executor::forward(kernels::backend& be, const moe_config& c, const layer_weights& l, const float* x,
-                           std::int64_t n, std::int64_t hidden, expert_range owned, bool with_shared, float* out) {
+void moe_executor::forward(kernels::backend& be, const moe_config& c, const layer_weights& l,
+                           const std::vector<mlp_weights>& experts, const mlp_weights* shared, const float* x,
+                           std::int64_t n, std::int64_t hidden, expert_range owned, float* out) {
   const std::int64_t E = c.n_routed_experts;
   const std::int64_t begin = std::max<std::int64_t>(owned.begin, 0);
   const std::int64_t end = owned.end < 0 ? E : std::min(owned.end, E);
@@ -105,7 +106,7 @@ void moe_executor::forward(kernels::backend& be, const moe_config& c, const laye
     for (std::int64_t i = 0; i < m; ++i) {
       std::memcpy(xs_.data() + i * hidden, x + toks[i].first * hidden, hidden * sizeof(float));
     }
-    run_mlp(be, l.experts[e], xs_.data(), m, ys_.data(), gate_, up_);
+    run_mlp(be, experts[e], xs_.data(), m, ys_.data(), gate_, up_);
     for (std::int64_t i = 0; i < m; ++i) {
       float* o = out + toks[i].first * hidden;
       const float* y = ys_.data() + i * hidden;
@@ -113,9 +114,9 @@ void moe_executor::forward(kernels::backend& be, const moe_config& c, const laye
       for (std::int64_t j = 0; j < hidden; ++j) o[j] += w * y[j];
     }
   }
-  if (with_shared && l.shared.gate.m.data) {
+  if (shared && shared->gate.m.data) {
     ys_.resize(static_cast<std::size_t>(n * hidden));
-    run_mlp(be, l.shared, x, n, ys_.data(), gate_, up_);
+    run_mlp(be, *shared, x, n, ys_.data(), gate_, up_);
     be.add(out, ys_.data(), n * hidden);
   }
 }

@@ -36,9 +36,12 @@ token_route route_token(const moe_config& c, const float* logits, const float* b
 class moe_executor {
  public:
   /// out[t, :] = sum over the routed experts of token t that lie in `owned` of weight * expert(x[t])
-  /// plus, when `with_shared`, the shared experts' MLP of x[t]. x, out: [n, hidden].
-  void forward(kernels::backend& be, const moe_config& c, const layer_weights& l, const float* x,
-               std::int64_t n, std::int64_t hidden, expert_range owned, bool with_shared, float* out);
+  /// plus, when `shared` is not null, the shared experts' MLP of x[t]. The router (`l.router`,
+  /// `l.router_bias`) sees every expert; `experts` [n_routed_experts] are the MLPs this shard runs
+  /// (whole, or column slices under tensor parallelism). x, out: [n, hidden].
+  void forward(kernels::backend& be, const moe_config& c, const layer_weights& l,
+               const std::vector<mlp_weights>& experts, const mlp_weights* shared, const float* x,
+               std::int64_t n, std::int64_t hidden, expert_range owned, float* out);
 
  private:
   std::vector<float> logits_, xs_, gate_, up_, ys_;

@@ -136,13 +136,13 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_across_three_processes, *boost::unit_test::
   check_goldens(cl.rpc_port());
 }
 
-// DeepSeek-V3 with its routed experts split across two shard-worker processes (replica
-// 'parallel: expert'): every golden's 24 greedy ids, one request at a time and all at once.
-BOOST_AUTO_TEST_CASE(expert_parallel_across_three_processes, *boost::unit_test::precondition(needs_shared{kDeepseek})) {
-  shoal::test::replica_def ep{"ep2", {"wa", "wb"}, 4096, 32, 256, 256};
-  ep.parallel = "expert";
+// DeepSeek-V3 split across two shard-worker processes (replica key `parallel`): every golden's 24
+// greedy ids, one request at a time and all at once.
+void check_deepseek_split(const std::string& parallel) {
+  shoal::test::replica_def rep{"split2", {"wa", "wb"}, 4096, 32, 256, 256};
+  rep.parallel = parallel;
   local_cluster cl(shared_path(kDeepseek),
-                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}}, {ep});
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}}, {rep});
   cl.wait_ready(90);
   std::vector<std::vector<std::int32_t>> prompts, wants;
   for (auto& p : read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"))) {
@@ -169,14 +169,34 @@ BOOST_AUTO_TEST_CASE(expert_parallel_across_three_processes, *boost::unit_test::
   for (std::size_t i = 0; i < prompts.size(); ++i) BOOST_TEST(got[i] == wants[i], boost::test_tools::per_element());
 }
 
-// Without 'parallel: expert' a DeepSeek model split across two workers is refused, naming the key.
-BOOST_AUTO_TEST_CASE(deepseek_tensor_split_is_refused, *boost::unit_test::precondition(needs_shared{kDeepseek})) {
-  local_cluster cl(shared_path(kDeepseek),
-                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}},
-                   {{"tp2", {"wa", "wb"}, 4096, 32, 256, 256}});
+// Routed experts split by id, attention replicated ('parallel: expert').
+BOOST_AUTO_TEST_CASE(expert_parallel_across_three_processes, *boost::unit_test::precondition(needs_shared{kDeepseek})) {
+  check_deepseek_split("expert");
+}
+
+// Latent-attention heads split (2 of 4 per rank) and routed experts split by id on the same two
+// ranks ('parallel: tensor+expert').
+BOOST_AUTO_TEST_CASE(tensor_and_expert_parallel_across_three_processes,
+                     *boost::unit_test::precondition(needs_shared{kDeepseek})) {
+  check_deepseek_split("tensor+expert");
+}
+
+// Heads and every expert's columns split ('parallel: tensor').
+BOOST_AUTO_TEST_CASE(deepseek_tensor_parallel_across_three_processes,
+                     *boost::unit_test::precondition(needs_shared{kDeepseek})) {
+  check_deepseek_split("tensor");
+}
+
+// Expert parallelism of a dense model is refused at setup, the replica's health naming why.
+BOOST_AUTO_TEST_CASE(expert_split_of_a_dense_model_is_refused, *boost::unit_test::precondition(needs_shared{kStories})) {
+  shoal::test::replica_def rep{"ep2", {"wa", "wb"}, 4096, 32, 256, 256};
+  rep.parallel = "expert";
+  local_cluster cl(shared_path(kStories),
+                   {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}, {"wb", {"worker"}, 1}}, {rep});
   // The replica fails at setup; poll health until its detail says why (or give up after a minute).
+  const std::string want = "needs a mixture-of-experts model";
   std::string why;
-  for (int i = 0; i < 300 && why.find("parallel: expert") == std::string::npos; ++i) {
+  for (int i = 0; i < 300 && why.find(want) == std::string::npos; ++i) {
     try {
       shoal::client::client c("127.0.0.1", cl.rpc_port());
       for (auto& r : c.health().replicas) {
@@ -186,10 +206,10 @@ BOOST_AUTO_TEST_CASE(deepseek_tensor_split_is_refused, *boost::unit_test::precon
     } catch (const std::exception& e) {
       why = e.what();
     }
-    if (why.find("parallel: expert") == std::string::npos) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (why.find(want) == std::string::npos) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   BOOST_TEST_MESSAGE("replica detail: " << why);
-  BOOST_TEST(why.find("parallel: expert") != std::string::npos, "replica detail: " << why);
+  BOOST_TEST(why.find(want) != std::string::npos, "replica detail: " << why);
 }
 
 BOOST_AUTO_TEST_CASE(killed_worker_fails_its_requests_not_others) {

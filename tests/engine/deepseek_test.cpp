@@ -379,8 +379,8 @@ void check_against_reference(const shoal::model& m, reference_model& ref, const 
 // Greedy generation on `world` expert-parallel ranks, each in its own thread with its own runner,
 // joined by loopback TCP communicators (the cluster's backend). Every rank samples (greedy) from its
 // own logits, so each returns a full run_output.
-std::vector<run_output> run_expert_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n,
-                                            int world, bool fast, std::int32_t prefill_chunk = 512) {
+std::vector<run_output> run_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n, int world,
+                                     shoal::parallel_mode mode, bool fast, std::int32_t prefill_chunk = 512) {
   std::vector<std::unique_ptr<shoal::tcp_communicator>> comms;
   std::vector<std::string> addrs;
   for (int r = 0; r < world; ++r) {
@@ -395,7 +395,7 @@ std::vector<run_output> run_expert_parallel(const shoal::model& m, const std::ve
       try {
         comms[r]->connect(addrs, std::chrono::seconds(30));
         outs[r] = run_greedy(m, prompt, n, fast, shoal::mla_path::automatic, prefill_chunk,
-                             shoal::shard_spec{r, world, shoal::parallel_mode::expert}, comms[r].get());
+                             shoal::shard_spec{r, world, mode}, comms[r].get());
       } catch (const std::exception& e) {
         errors[r] = e.what();
       }
@@ -406,15 +406,15 @@ std::vector<run_output> run_expert_parallel(const shoal::model& m, const std::ve
   return outs;
 }
 
-// Expert-parallel runs on 2..`max_world` ranks against the single runner: the same greedy ids on
-// every rank, every logits row within `tol`.
-void check_expert_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n, int max_world,
-                           bool fast, float tol, std::int32_t prefill_chunk = 512) {
+// Runs split `mode` across each of `worlds` ranks against the single runner: the same greedy ids
+// on every rank, every logits row within `tol`.
+void check_parallel(const shoal::model& m, const std::vector<std::int32_t>& prompt, int n, std::vector<int> worlds,
+                    shoal::parallel_mode mode, bool fast, float tol, std::int32_t prefill_chunk = 512) {
   auto single = run_greedy(m, prompt, n, fast, shoal::mla_path::automatic, prefill_chunk);
-  for (int world = 2; world <= max_world; ++world) {
-    auto outs = run_expert_parallel(m, prompt, n, world, fast, prefill_chunk);
+  for (int world : worlds) {
+    auto outs = run_parallel(m, prompt, n, world, mode, fast, prefill_chunk);
     for (int r = 0; r < world; ++r) {
-      BOOST_TEST_CONTEXT("world " << world << " rank " << r) {
+      BOOST_TEST_CONTEXT(shoal::to_string(mode) << " world " << world << " rank " << r) {
         BOOST_TEST(outs[r].result.generated_ids == single.result.generated_ids, boost::test_tools::per_element());
         BOOST_TEST(outs[r].logits.size() == single.logits.size());
         float worst = 0;
@@ -424,7 +424,8 @@ void check_expert_parallel(const shoal::model& m, const std::vector<std::int32_t
           BOOST_REQUIRE_EQUAL(got.size(), row.size());
           for (std::size_t i = 0; i < row.size(); ++i) worst = std::max(worst, std::fabs(got[i] - row[i]));
         }
-        BOOST_TEST_MESSAGE("world " << world << " rank " << r << ": max |logit - single runner| " << worst);
+        BOOST_TEST_MESSAGE(shoal::to_string(mode) << " world " << world << " rank " << r
+                                                  << ": max |logit - single runner| " << worst);
         BOOST_TEST(worst <= tol);
       }
     }
@@ -799,9 +800,10 @@ BOOST_AUTO_TEST_CASE(fp8_without_scales_is_named) {
   fs::remove_all(q);
 }
 
-// Expert parallelism on the golden prompts: the golden ids on every rank, the single runner's
-// logits. World 3 splits the 8 experts 2/3/3.
-BOOST_AUTO_TEST_CASE(expert_parallel_goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
+// The golden prompts split every way: the golden ids on every rank, the single runner's logits.
+// Expert world 3 splits the 8 experts 2/3/3; tensor world 4 gives each rank one of the 4 heads
+// (and 8 of each expert's 32 columns); tensor+expert splits heads and experts on the same ranks.
+BOOST_AUTO_TEST_CASE(parallel_goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
   auto m = shoal::model::load(shared_path(kTiny));
   auto prompts = read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"));
   int checked = 0;
@@ -812,29 +814,41 @@ BOOST_AUTO_TEST_CASE(expert_parallel_goldens, *boost::unit_test::precondition(ne
     auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
     const int n = static_cast<int>(want_gen.size());
     BOOST_TEST_CONTEXT("prompt " << name) {
-      auto outs = run_expert_parallel(*m, prompt, n, 2, true);
-      for (auto& o : outs) BOOST_TEST(o.result.generated_ids == want_gen, boost::test_tools::per_element());
-      check_expert_parallel(*m, prompt, n, 3, true, 1e-4f);
+      using shoal::parallel_mode;
+      for (auto mode : {parallel_mode::expert, parallel_mode::tensor, parallel_mode::tensor_expert}) {
+        auto outs = run_parallel(*m, prompt, n, 2, mode, true);
+        for (auto& o : outs) BOOST_TEST(o.result.generated_ids == want_gen, boost::test_tools::per_element());
+      }
+      check_parallel(*m, prompt, n, {3}, parallel_mode::expert, true, 1e-4f);
+      check_parallel(*m, prompt, n, {4}, parallel_mode::tensor, true, 1e-4f);
+      check_parallel(*m, prompt, n, {4}, parallel_mode::tensor_expert, true, 1e-4f);
     }
     ++checked;
   }
   BOOST_TEST(checked == 3);
 }
 
-// The V2 shape (softmax, group_limited_greedy, 2 shared experts, 3 experts per token) split 2 and
-// 3 ways (8 experts: 4/4 and 2/3/3), prompt in one chunk and in chunks of 3, on both backends.
-BOOST_AUTO_TEST_CASE(expert_parallel_v2_from_make_model) {
+// The V2 shape (softmax, group_limited_greedy, q_proj without LoRA, 2 shared experts, 3 experts per
+// token) split every way: experts 2 and 3 ways (8 experts: 4/4 and 2/3/3), heads 2 and 4 ways with
+// experts split by columns or by id, prompt in one chunk and in chunks of 3, on both backends.
+BOOST_AUTO_TEST_CASE(parallel_v2_from_make_model) {
   const fs::path dir = temp_dir("v2ep");
   BOOST_REQUIRE(run_cli("make-model --shape deepseek-v2-tiny --seed 7 --out " + dir.string()) == 0);
   auto m = shoal::model::load(dir.string());
   const std::vector<std::int32_t> prompt = {1, 300, 301, 302, 400, 17, 99};
-  check_expert_parallel(*m, prompt, 8, 3, false, 1e-4f);
-  check_expert_parallel(*m, prompt, 8, 3, true, 1e-4f, 3);
+  using shoal::parallel_mode;
+  check_parallel(*m, prompt, 8, {2, 3}, parallel_mode::expert, false, 1e-4f);
+  check_parallel(*m, prompt, 8, {2, 3}, parallel_mode::expert, true, 1e-4f, 3);
+  for (auto mode : {parallel_mode::tensor, parallel_mode::tensor_expert}) {
+    check_parallel(*m, prompt, 8, {2, 4}, mode, false, 1e-4f);
+    check_parallel(*m, prompt, 8, {2, 4}, mode, true, 1e-4f, 3);
+  }
   fs::remove_all(dir);
 }
 
-// DeepSeek heads are not split: tensor parallelism is refused with the remedy named; expert
-// parallelism needs at least one expert per rank and a mixture-of-experts model.
+// Splits that do not divide the model are refused by name: heads or expert columns not divisible
+// by the ranks, more ranks than routed experts, expert parallelism of a dense model, and a column
+// window that would cut an FP8 128-column block.
 BOOST_AUTO_TEST_CASE(bad_splits_are_refused, *boost::unit_test::precondition(needs_shared{kTiny})) {
   auto m = shoal::model::load(shared_path(kTiny));
   auto refused = [&](shoal::shard_spec s, const std::string& fragment) {
@@ -845,17 +859,37 @@ BOOST_AUTO_TEST_CASE(bad_splits_are_refused, *boost::unit_test::precondition(nee
       BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos, e.what());
     }
   };
-  refused(shoal::shard_spec{0, 2}, "parallel: expert");
-  refused(shoal::shard_spec{0, 9, shoal::parallel_mode::expert}, "cannot split 8 routed experts across 9");
-  BOOST_CHECK_NO_THROW(shoal::check_shard(*m, shoal::shard_spec{1, 8, shoal::parallel_mode::expert}));
+  using shoal::parallel_mode;
+  refused(shoal::shard_spec{0, 3}, "cannot split 4 attention heads evenly across 3 tensor-parallel ranks");
+  refused(shoal::shard_spec{0, 8}, "cannot split 4 attention heads evenly across 8");
+  refused(shoal::shard_spec{0, 9, parallel_mode::expert}, "cannot split 8 routed experts across 9");
+  refused(shoal::shard_spec{0, 9, parallel_mode::tensor_expert}, "cannot split 8 routed experts across 9");
+  refused(shoal::shard_spec{0, 8, parallel_mode::tensor_expert}, "cannot split 4 attention heads evenly across 8");
+  BOOST_CHECK_NO_THROW(shoal::check_shard(*m, shoal::shard_spec{1, 8, parallel_mode::expert}));
+  BOOST_CHECK_NO_THROW(shoal::check_shard(*m, shoal::shard_spec{1, 4, parallel_mode::tensor}));
+  BOOST_CHECK_NO_THROW(shoal::check_shard(*m, shoal::shard_spec{3, 4, parallel_mode::tensor_expert}));
   struct no_comm final : shoal::communicator {
     int rank() const override { return 0; }
     int world_size() const override { return 2; }
     void all_reduce_sum(float*, std::size_t) override {}
   } comm;
   auto be = shoal::kernels::make_reference_backend();
-  auto tensor_split = [&] { shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 2}, &comm, {}); };
+  auto tensor_split = [&] { shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 3}, &comm, {}); };
   BOOST_CHECK_THROW(tensor_split(), shoal::error);
+  // FP8: o_proj is 64 columns in one partial 128-column block; two ranks would cut it.
+  const fs::path fp8dir = temp_dir("fp8split");
+  BOOST_REQUIRE(run_cli("quantize --type fp8 --model " + shared_path(kTiny) + " --out " + fp8dir.string()) == 0);
+  auto fp8 = shoal::model::load(fp8dir.string());
+  try {
+    shoal::check_shard(*fp8, shoal::shard_spec{0, 2, parallel_mode::tensor});
+    BOOST_ERROR("a tensor split through an FP8 block should be refused");
+  } catch (const shoal::error& e) {
+    const std::string what = e.what();
+    BOOST_TEST(what.find("cannot split 'model.layers.0.self_attn.o_proj.weight' 2 ways") != std::string::npos, what);
+    BOOST_TEST(what.find("128-element blocks") != std::string::npos, what);
+  }
+  BOOST_CHECK_NO_THROW(shoal::check_shard(*fp8, shoal::shard_spec{1, 2, parallel_mode::expert}));
+  fs::remove_all(fp8dir);
   const fs::path dir = temp_dir("llama");
   BOOST_REQUIRE(run_cli("make-model --shape tiny --seed 3 --out " + dir.string()) == 0);
   auto llama = shoal::model::load(dir.string());
