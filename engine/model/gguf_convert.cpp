@@ -13,9 +13,69 @@ namespace shoal {
 std::string gguf_architecture(const model_config& cfg) {
   if (cfg.family == model_family::llama) return "llama";
   if (cfg.family == model_family::qwen2) return "qwen2";
+  if (cfg.family == model_family::deepseek) return "deepseek2";
   throw error(errc::unsupported,
               "architecture '" + cfg.architecture + "' has no GGUF mapping here");
 }
+
+namespace {
+
+// deepseek2's MLA, MoE and YaRN keys as llama.cpp's converter writes them today: MLA as MQA over
+// the latent (head_count_kv 1, key_length kv_lora_rank + rope, value_length kv_lora_rank) with the
+// per-head sizes in key_length_mla/value_length_mla (the tensors then carry attn_k_b/attn_v_b).
+void add_deepseek2_metadata(gguf_writer& w, const model_config& cfg) {
+  const std::string a = "deepseek2";
+  auto u32 = [](std::int64_t v) { return static_cast<std::uint32_t>(v); };
+  const auto& m = cfg.mla;
+  w.set_u32(a + ".attention.head_count_kv", 1);
+  w.set_u32(a + ".attention.key_length", u32(m.kv_lora_rank + m.qk_rope_dim));
+  w.set_u32(a + ".attention.value_length", u32(m.kv_lora_rank));
+  w.set_u32(a + ".attention.key_length_mla", u32(m.qk_nope_dim + m.qk_rope_dim));
+  w.set_u32(a + ".attention.value_length_mla", u32(m.v_head_dim));
+  if (m.q_lora_rank > 0) w.set_u32(a + ".attention.q_lora_rank", u32(m.q_lora_rank));
+  w.set_u32(a + ".attention.kv_lora_rank", u32(m.kv_lora_rank));
+  const auto& e = cfg.moe;
+  if (e.n_routed_experts > 0) {
+    if (e.layer_freq != 1) {
+      throw error(errc::unsupported, "moe_layer_freq " + std::to_string(e.layer_freq) + " cannot be written to GGUF deepseek2 "
+                                     "(it has only leading_dense_block_count)");
+    }
+    w.set_u32(a + ".leading_dense_block_count", u32(e.first_k_dense_replace));
+    w.set_u32(a + ".expert_feed_forward_length", u32(e.expert_intermediate));
+    w.set_u32(a + ".expert_count", u32(e.n_routed_experts));
+    w.set_u32(a + ".expert_used_count", u32(e.experts_per_tok));
+    w.set_u32(a + ".expert_shared_count", u32(e.n_shared_experts));
+    // llama.cpp scales after normalizing; V2's Hugging Face code scales only unnormalized weights.
+    w.set_f32(a + ".expert_weights_scale", e.norm_topk_prob && !e.scale_after_norm ? 1.0f : e.routed_scaling_factor);
+    if (e.norm_topk_prob) w.set_bool(a + ".expert_weights_norm", true);
+    w.set_u32(a + ".expert_gating_func", e.scoring == moe_scoring::sigmoid ? 2 : 1);
+    if (e.topk_method != moe_topk_method::greedy) {
+      w.set_u32(a + ".expert_group_count", u32(e.n_group));
+      w.set_u32(a + ".expert_group_used_count", u32(e.topk_group));
+    }
+  }
+  const auto& rs = cfg.rope_scaling;
+  if (rs.type == "yarn") {
+    // llama.cpp keeps cos/sin unscaled and multiplies the softmax scale by
+    // (1 + yarn_log_multiplier ln(factor))^2: DeepSeek's YaRN with mscale == mscale_all_dim.
+    const float m_all = rs.mscale_all_dim.value_or(0.0f);
+    if (rs.factor > 1.0f && rs.mscale.value_or(1.0f) != m_all) {
+      throw error(errc::unsupported, "YaRN with mscale " + std::to_string(rs.mscale.value_or(1.0f)) +
+                                         " != mscale_all_dim " + std::to_string(m_all) +
+                                         " cannot be written to GGUF deepseek2 (llama.cpp assumes them equal)");
+    }
+    w.set_string(a + ".rope.scaling.type", "yarn");
+    w.set_f32(a + ".rope.scaling.factor", rs.factor);
+    w.set_u32(a + ".rope.scaling.original_context_length", u32(rs.original_max_positions));
+    if (m_all != 0.0f) w.set_f32(a + ".rope.scaling.yarn_log_multiplier", 0.1f * m_all);
+    if (rs.beta_fast != 32.0f) w.set_f32(a + ".rope.scaling.yarn_beta_fast", rs.beta_fast);
+    if (rs.beta_slow != 1.0f) w.set_f32(a + ".rope.scaling.yarn_beta_slow", rs.beta_slow);
+  } else if (rs.type != "none") {
+    throw error(errc::unsupported, "RoPE scaling '" + rs.type + "' cannot be written to GGUF deepseek2");
+  }
+}
+
+}  // namespace
 
 void add_gguf_arch_metadata(gguf_writer& w, const model_config& cfg, const std::string& name,
                             std::uint32_t file_type) {
@@ -40,6 +100,10 @@ void add_gguf_arch_metadata(gguf_writer& w, const model_config& cfg, const std::
   w.set_f32(a + ".rope.freq_base", cfg.rope_theta);
   w.set_u32(a + ".rope.dimension_count", u32(cfg.rope_dim));
   const auto& rs = cfg.rope_scaling;
+  if (cfg.family == model_family::deepseek) {
+    add_deepseek2_metadata(w, cfg);
+    return;
+  }
   if (rs.type == "linear") {
     w.set_string(a + ".rope.scaling.type", "linear");
     w.set_f32(a + ".rope.scaling.factor", rs.factor);

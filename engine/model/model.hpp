@@ -1,7 +1,8 @@
 #pragma once
 // A loaded model: its configuration, its weights (views into memory-mapped files, no copy when the
 // stored dtype is one the kernels use), and its tokenizer. Llama and Qwen2 families, HF or GGUF;
-// DeepSeek-V2/V3 (multi-head latent attention, mixture of experts) from the HF layout.
+// DeepSeek-V2/V3 (multi-head latent attention, mixture of experts) from the HF layout or GGUF
+// `deepseek2`.
 
 #include <cstdint>
 #include <deque>
@@ -178,6 +179,7 @@ class model {
   model() = default;
   void load_hf(const std::string& dir);
   void load_gguf(const std::string& file);
+  void load_gguf_deepseek2(const std::string& file);
   void finish();
 
   std::string path_;
@@ -192,6 +194,7 @@ class model {
   float rope_attn_factor_ = 1.0f;
   std::string hf_quant_method_;                // config.json quantization_config.quant_method
   std::deque<std::vector<float>> owned_scales_;  // int8/int4 scales copied where unaligned; fp8 per-row scales
+  std::deque<std::vector<float>> owned_f32_;     // weights rebuilt at load (GGUF deepseek2: kv_b from k_b, v_b)
 };
 
 /// Inverse frequencies for RoPE with `scaling` applied (Hugging Face's rope init functions).

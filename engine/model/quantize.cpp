@@ -418,11 +418,15 @@ void write_fp8(const job& a, const model& m) {
 // ---- GGUF Q8_0 / Q4_0 ---------------------------------------------------------------------------
 
 void write_gguf(const job& a, const model& m) {
-  const dtype target = a.opts.type == "q8_0" ? dtype::q8_0 : dtype::q4_0;
+  const std::string& ty = a.opts.type;
+  const dtype target = ty == "q8_0" ? dtype::q8_0 : ty == "q4_0" ? dtype::q4_0 : ty == "f16" ? dtype::f16
+                       : ty == "bf16" ? dtype::bf16 : dtype::f32;
   const auto& c = m.config();
   const auto& W = m.weights();
   gguf_writer w;
-  const std::uint32_t file_type = target == dtype::q8_0 ? 7 : 2;  // LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
+  // LLAMA_FTYPE: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q8_0 7, MOSTLY_BF16 32.
+  const std::uint32_t file_type = target == dtype::q8_0 ? 7 : target == dtype::q4_0 ? 2 : target == dtype::f16 ? 1
+                                  : target == dtype::bf16 ? 32 : 0;
   if (c.format == "gguf") {
     const gguf_file src(a.model);
     for (const auto& [k, v] : src.metadata()) w.set(k, v);
@@ -482,12 +486,103 @@ void write_gguf(const job& a, const model& m) {
   const auto k_rows =
       permute ? hf_to_gguf_rope_rows(c.n_kv_heads, c.head_dim) : std::vector<std::int64_t>{};
 
+  // A [count, rows, cols] tensor ([rows, cols] when `flat`) whose matrix i row r is
+  // `row_of(i, r, out)` (cols floats).
+  auto add_stacked = [&](const std::string& name, std::int64_t count, std::int64_t rows, std::int64_t cols,
+                         dtype src_type, std::function<void(std::int64_t, std::int64_t, float*)> row_of,
+                         bool flat = false) {
+    dtype t = target;
+    if (cols % dtype_block_size(target) != 0) {
+      t = src_type == dtype::f16 || src_type == dtype::bf16 ? src_type : dtype::f32;
+      ++a.report->kept;
+      a.report->notes.push_back(name + " has " + std::to_string(cols) + " columns, not a multiple of " +
+                                std::to_string(dtype_block_size(target)) + ": kept as " + to_string(t));
+    } else {
+      ++a.report->quantized;
+    }
+    w.add_tensor(name, ggml_of(t), flat ? std::vector<std::int64_t>{rows, cols} : std::vector<std::int64_t>{count, rows, cols});
+    fills.push_back({[count, rows, cols, t, row_of = std::move(row_of)](std::vector<std::uint8_t>& out) {
+      const std::int64_t rb = dtype_bytes(t, cols);
+      out.resize(static_cast<std::size_t>(count * rows * rb));
+      std::vector<float> x(static_cast<std::size_t>(cols)), tmp;
+      for (std::int64_t i = 0; i < count; ++i) {
+        for (std::int64_t r = 0; r < rows; ++r) {
+          row_of(i, r, x.data());
+          const kernels::matrix one{x.data(), dtype::f32, 1, cols, cols};
+          convert_row(one, 0, t, tmp, out.data() + (i * rows + r) * rb);
+        }
+      }
+    }});
+  };
+  // The router stays F32 (llama.cpp keeps ffn_gate_inp unquantized).
+  auto add_f32_matrix = [&](const std::string& name, const kernels::matrix& src) {
+    add_stacked(
+        name, 1, src.rows, src.cols, dtype::f32,
+        [src](std::int64_t, std::int64_t r, float* out) { kernels::dequantize_row(src, r, out); }, true);
+  };
+
   add_matrix("token_embd.weight", W.tok_embd.m, {});
   add_vector("output_norm.weight", W.out_norm);
   if (W.lm_head.m.data != W.tok_embd.m.data) add_matrix("output.weight", W.lm_head.m, {});
   auto freq = W.rope_freq_factors.empty() ? gguf_rope_freq_factors(c) : W.rope_freq_factors;
   add_vector("rope_freqs.weight", freq);
-  for (std::size_t i = 0; i < W.layers.size(); ++i) {
+  for (std::size_t i = 0; i < W.layers.size() && c.family == model_family::deepseek; ++i) {
+    const auto& L = W.layers[i];
+    const auto& ml = c.mla;
+    const std::int64_t nh = c.n_heads, r = ml.kv_lora_rank, nope = ml.qk_nope_dim, vd = ml.v_head_dim;
+    const std::int64_t per_head = nope + vd;
+    const std::string p = "blk." + std::to_string(i) + ".";
+    add_vector(p + "attn_norm.weight", L.attn_norm);
+    if (ml.q_lora_rank > 0) {
+      add_matrix(p + "attn_q_a.weight", L.wq_a.m, {});
+      add_vector(p + "attn_q_a_norm.weight", L.q_a_norm);
+      add_matrix(p + "attn_q_b.weight", L.wq_b.m, {});
+    } else {
+      add_matrix(p + "attn_q.weight", L.wq.m, {});
+    }
+    add_matrix(p + "attn_kv_a_mqa.weight", L.wkv_a.m, {});
+    add_vector(p + "attn_kv_a_norm.weight", L.kv_a_norm);
+    // kv_b_proj split as llama.cpp's converter does: attn_k_b [heads, kv_lora_rank, nope] (each
+    // head's key rows transposed) and attn_v_b [heads, v_head_dim, kv_lora_rank].
+    const kernels::matrix kv_b = L.wkv_b.m;
+    add_stacked(p + "attn_k_b.weight", nh, r, nope, kv_b.type, [kv_b, r, nope, per_head](std::int64_t h, std::int64_t j, float* out) {
+      std::vector<float> row(static_cast<std::size_t>(r));
+      for (std::int64_t k = 0; k < nope; ++k) {
+        kernels::dequantize_row(kv_b, h * per_head + k, row.data());
+        out[k] = row[j];
+      }
+    });
+    add_stacked(p + "attn_v_b.weight", nh, vd, r, kv_b.type, [kv_b, nope, per_head](std::int64_t h, std::int64_t v, float* out) {
+      kernels::dequantize_row(kv_b, h * per_head + nope + v, out);
+    });
+    add_matrix(p + "attn_output.weight", L.wo.m, {});
+    add_vector(p + "ffn_norm.weight", L.ffn_norm);
+    if (L.experts.empty()) {
+      add_matrix(p + "ffn_gate.weight", L.w_gate.m, {});
+      add_matrix(p + "ffn_up.weight", L.w_up.m, {});
+      add_matrix(p + "ffn_down.weight", L.w_down.m, {});
+      continue;
+    }
+    add_f32_matrix(p + "ffn_gate_inp.weight", L.router.m);
+    add_vector(p + "exp_probs_b.bias", L.router_bias);
+    const std::int64_t E = static_cast<std::int64_t>(L.experts.size());
+    const std::vector<mlp_weights>* experts = &L.experts;
+    for (const auto& [tname, pick] :
+         std::vector<std::pair<std::string, const weight mlp_weights::*>>{
+             {"ffn_gate_exps", &mlp_weights::gate}, {"ffn_up_exps", &mlp_weights::up}, {"ffn_down_exps", &mlp_weights::down}}) {
+      const kernels::matrix& first = ((*experts)[0].*pick).m;
+      add_stacked(p + tname + ".weight", E, first.rows, first.cols, first.type,
+                  [experts, pick](std::int64_t e, std::int64_t row, float* out) {
+                    kernels::dequantize_row(((*experts)[e].*pick).m, row, out);
+                  });
+    }
+    if (L.shared.gate.m.data) {
+      add_matrix(p + "ffn_gate_shexp.weight", L.shared.gate.m, {});
+      add_matrix(p + "ffn_up_shexp.weight", L.shared.up.m, {});
+      add_matrix(p + "ffn_down_shexp.weight", L.shared.down.m, {});
+    }
+  }
+  for (std::size_t i = 0; i < W.layers.size() && c.family != model_family::deepseek; ++i) {
     const auto& L = W.layers[i];
     const std::string p = "blk." + std::to_string(i) + ".";
     add_vector(p + "attn_norm.weight", L.attn_norm);
@@ -515,9 +610,11 @@ quantize_report quantize_model(const std::string& model_path, const std::string&
   const job a{model_path, out, opts, &report};
   const bool hf_out = a.opts.type == "int8" || a.opts.type == "int4";
   const bool fp8 = a.opts.type == "fp8";
-  if (!hf_out && !fp8 && a.opts.type != "q8_0" && a.opts.type != "q4_0") {
+  const bool gguf_out = a.opts.type == "q8_0" || a.opts.type == "q4_0" || a.opts.type == "f32" ||
+                        a.opts.type == "f16" || a.opts.type == "bf16";
+  if (!hf_out && !fp8 && !gguf_out) {
     throw error(errc::invalid_argument,
-                "unknown --type '" + a.opts.type + "' (int8, int4, q8_0, q4_0, fp8)");
+                "unknown --type '" + a.opts.type + "' (int8, int4, fp8: Hugging Face; q8_0, q4_0, f32, f16, bf16: GGUF)");
   }
   if (a.opts.type == "int4" && (a.opts.group_size <= 0 || a.opts.group_size % 32 != 0)) {
     throw error(errc::invalid_argument, "--group-size " + std::to_string(a.opts.group_size) +
@@ -529,9 +626,10 @@ quantize_report quantize_model(const std::string& model_path, const std::string&
     throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
   }
   auto m = model::load(a.model);
-  if (m->config().family == model_family::deepseek && !fp8) {
+  if (m->config().family == model_family::deepseek && hf_out) {
     throw error(errc::unsupported, a.model + ": " + m->config().architecture +
-                                       " models are quantized with --type fp8 (their published format)");
+                                       " models are quantized with --type fp8 (their published format) or written to "
+                                       "GGUF (q8_0, q4_0, f32, f16, bf16)");
   }
   try {
     if (fp8)

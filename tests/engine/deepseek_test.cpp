@@ -5,13 +5,17 @@
 //   forward pass written here from the published formulas (no KV cache; reads config.json and the
 //   safetensors tensors by their Hugging Face names itself, so it shares no code with the loader);
 // - the latent KV cache size; FP8 block-quantized checkpoints; clear errors for bad configs;
-// - expert parallelism: ranks in threads joined by loopback TCP give the single runner's results.
+// - tensor, expert and tensor+expert parallelism: ranks in threads joined by loopback TCP give the
+//   single runner's results;
+// - GGUF `deepseek2` (both MLA layouts llama.cpp has written) from `shoal quantize`: the goldens.
 
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -22,6 +26,8 @@
 
 #include "engine/comm/tcp_communicator.hpp"
 #include "engine/common/error.hpp"
+#include "engine/model/gguf.hpp"
+#include "engine/model/gguf_writer.hpp"
 #include "engine/model/model.hpp"
 #include "engine/model/safetensors.hpp"
 #include "engine/runner/generate.hpp"
@@ -929,6 +935,242 @@ BOOST_AUTO_TEST_CASE(chat_file_goldens,
     ++checked;
   }
   BOOST_TEST(checked == static_cast<int>(golden["cases"].size()));
+  fs::remove_all(dir);
+}
+
+// ---- GGUF deepseek2 -----------------------------------------------------------------------------
+
+// A copy of GGUF `src` at `dst` with metadata edited by `kv` and tensors by `tensors` (which may
+// replace, drop or add entries: name -> (type, shape outermost first, bytes)).
+struct gguf_tensor_copy {
+  shoal::ggml_type type;
+  std::vector<std::int64_t> shape;
+  std::vector<std::uint8_t> bytes;
+};
+void rewrite_gguf(const fs::path& src, const fs::path& dst,
+                  const std::function<void(shoal::gguf_writer&)>& kv,
+                  const std::function<void(std::vector<std::pair<std::string, gguf_tensor_copy>>&)>& tensors = {}) {
+  shoal::gguf_file in(src.string());
+  shoal::gguf_writer w;
+  for (const auto& [k, v] : in.metadata()) w.set(k, v);
+  kv(w);
+  std::vector<std::pair<std::string, gguf_tensor_copy>> ts;
+  for (const auto& t : in.tensors()) {
+    ts.push_back({t.name, {t.type, std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend()),
+                           std::vector<std::uint8_t>(t.data, t.data + t.nbytes)}});
+  }
+  if (tensors) tensors(ts);
+  for (const auto& [name, t] : ts) w.add_tensor(name, t.type, t.shape);
+  w.write(dst.string(), [&](std::size_t i, std::vector<std::uint8_t>& out) { out = ts[i].second.bytes; });
+}
+
+std::string run_cli_output(const std::string& args) {
+  std::string out;
+  FILE* f = ::popen((shoal_bin() + " " + args + " 2>/dev/null").c_str(), "r");
+  if (!f) return out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  ::pclose(f);
+  return out;
+}
+
+// The goldens through `m`: prompt text -> golden ids, 24 greedy ids, logits within 1e-3.
+void check_goldens(const shoal::model& m, bool fast) {
+  int checked = 0;
+  for (auto& p : read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"))) {
+    const std::string name = p["name"];
+    auto g = read_json(shared_path("golden/deepseek-v3-tiny/" + name + ".json"));
+    auto want_prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
+    auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
+    BOOST_TEST_CONTEXT("prompt " << name << (fast ? " fast" : " reference")) {
+      BOOST_TEST(m.tok().encode(g["prompt"].get<std::string>()) == want_prompt, boost::test_tools::per_element());
+      auto out = run_greedy(m, want_prompt, static_cast<int>(want_gen.size()), fast);
+      BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
+      const auto last = static_cast<std::int32_t>(want_prompt.size() - 1);
+      auto full = g["last_prompt_logits"].get<std::vector<float>>();
+      BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
+      float worst = 0;
+      for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
+      BOOST_TEST(worst <= 1e-3f);
+      for (auto& at : g["logits_top10_at"]) {
+        const std::int32_t pos = at["position"];
+        for (auto& pair : at["top"]) {
+          BOOST_TEST(std::fabs(out.logits[pos][pair[0].get<std::int32_t>()] - pair[1].get<float>()) <= 1e-3f,
+                     "position " << pos << " id " << pair[0]);
+        }
+      }
+    }
+    ++checked;
+  }
+  BOOST_TEST(checked == 3);
+}
+
+// `shoal quantize --type f32` writes GGUF deepseek2 the way llama.cpp's converter does today
+// (attn_k_b/attn_v_b, key_length_mla, merged expert tensors, exp_probs_b, expert groups); loaded
+// back it is the same model: configuration, RoPE, latent cache size, and every golden.
+BOOST_AUTO_TEST_CASE(gguf_deepseek2_goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  const fs::path dir = temp_dir("gguf");
+  fs::create_directories(dir);
+  const fs::path file = dir / "tiny.gguf";
+  BOOST_REQUIRE(run_cli("quantize --type f32 --model " + shared_path(kTiny) + " --out " + file.string()) == 0);
+  {
+    shoal::gguf_file g(file.string());
+    BOOST_TEST(g.get_string("general.architecture") == "deepseek2");
+    BOOST_TEST(g.get_number("deepseek2.attention.head_count_kv") == 1);
+    BOOST_TEST(g.get_number("deepseek2.attention.key_length") == 16 + 8);
+    BOOST_TEST(g.get_number("deepseek2.attention.value_length") == 16);
+    BOOST_TEST(g.get_number("deepseek2.expert_gating_func") == 2);
+    BOOST_TEST(g.get_number("deepseek2.expert_group_count") == 4);
+    const auto* kb = g.find_tensor("blk.0.attn_k_b.weight");
+    BOOST_REQUIRE(kb);
+    BOOST_TEST(kb->ne == (std::vector<std::int64_t>{16, 16, 4}), boost::test_tools::per_element());  // nope, r, heads
+    const auto* gate = g.find_tensor("blk.1.ffn_gate_exps.weight");
+    BOOST_REQUIRE(gate);
+    BOOST_TEST(gate->ne == (std::vector<std::int64_t>{64, 32, 8}), boost::test_tools::per_element());
+    BOOST_TEST(g.find_tensor("blk.1.exp_probs_b.bias"));
+    BOOST_TEST(!g.find_tensor("blk.0.attn_kv_b.weight"));
+  }
+  auto hf = shoal::model::load(shared_path(kTiny));
+  auto m = shoal::model::load(file.string());
+  const auto &a = m->config(), &b = hf->config();
+  BOOST_TEST(a.architecture == "deepseek2");
+  BOOST_TEST(a.mla.q_lora_rank == b.mla.q_lora_rank);
+  BOOST_TEST(a.mla.qk_nope_dim == b.mla.qk_nope_dim);
+  BOOST_TEST(a.mla.v_head_dim == b.mla.v_head_dim);
+  BOOST_TEST(a.mla.softmax_scale == b.mla.softmax_scale, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST((a.moe.topk_method == shoal::moe_topk_method::noaux_tc));
+  BOOST_TEST((a.moe.scoring == shoal::moe_scoring::sigmoid));
+  BOOST_TEST(a.moe.n_group == 4);
+  BOOST_TEST(a.moe.topk_group == 2);
+  BOOST_TEST(a.moe.routed_scaling_factor == 2.5f);
+  BOOST_TEST(a.moe.norm_topk_prob);
+  BOOST_TEST(m->rope_inv_freq() == hf->rope_inv_freq(), boost::test_tools::per_element());
+  BOOST_TEST(m->rope_attn_factor() == hf->rope_attn_factor());
+  BOOST_TEST(shoal::kv_bytes_per_token(a) == 288);
+  BOOST_TEST(m->parameter_count() == hf->parameter_count());
+  check_goldens(*m, true);
+  check_goldens(*m, false);
+  // And through the command line, as a user would run it.
+  auto g = read_json(shared_path("golden/deepseek-v3-tiny/hello_my_name.json"));
+  auto out = nlohmann::json::parse(run_cli_output("generate --model " + file.string() + " --prompt '" +
+                                                  g["prompt"].get<std::string>() +
+                                                  "' --temperature 0 --ignore-eos --max-tokens 24 --json"));
+  BOOST_TEST(out["generated_ids"].get<std::vector<std::int32_t>>() == g["generated_ids"].get<std::vector<std::int32_t>>(),
+             boost::test_tools::per_element());
+  BOOST_TEST(run_cli_output("inspect --model " + file.string()).find("kv_bytes_per_token: 288") != std::string::npos);
+
+  // The layout llama.cpp wrote before MLA absorption (mid-2025): head_count_kv = heads,
+  // key_length/value_length per head, kv_b_proj whole as attn_kv_b. Built here from the split file.
+  const fs::path legacy = dir / "legacy.gguf";
+  rewrite_gguf(
+      file, legacy,
+      [](shoal::gguf_writer& w) {
+        w.set_u32("deepseek2.attention.head_count_kv", 4);
+        w.set_u32("deepseek2.attention.key_length", 24);
+        w.set_u32("deepseek2.attention.value_length", 16);
+        w.erase("deepseek2.attention.key_length_mla");
+        w.erase("deepseek2.attention.value_length_mla");
+      },
+      [](std::vector<std::pair<std::string, gguf_tensor_copy>>& ts) {
+        std::vector<std::pair<std::string, gguf_tensor_copy>> out;
+        std::map<std::string, gguf_tensor_copy> kb;
+        for (auto& [name, t] : ts) {
+          const auto at = name.find("attn_k_b.weight");
+          if (at != std::string::npos) {
+            kb[name.substr(0, at)] = t;
+            continue;
+          }
+          const auto av = name.find("attn_v_b.weight");
+          if (av == std::string::npos) {
+            out.push_back({name, t});
+            continue;
+          }
+          const std::string p = name.substr(0, av);
+          const auto& k = kb.at(p);  // written before attn_v_b
+          // kv_b [heads * (nope + vd), r]: per head its nope key rows (k_b[h] transposed), then vd value rows.
+          const std::int64_t H = 4, r = 16, nope = 16, vd = 16;
+          std::vector<float> kv(static_cast<std::size_t>(H * (nope + vd) * r));
+          const float* kf = reinterpret_cast<const float*>(k.bytes.data());
+          const float* vf = reinterpret_cast<const float*>(t.bytes.data());
+          for (std::int64_t h = 0; h < H; ++h) {
+            for (std::int64_t j = 0; j < r; ++j)
+              for (std::int64_t i = 0; i < nope; ++i) kv[(h * (nope + vd) + i) * r + j] = kf[(h * r + j) * nope + i];
+            for (std::int64_t v = 0; v < vd; ++v)
+              for (std::int64_t j = 0; j < r; ++j) kv[(h * (nope + vd) + nope + v) * r + j] = vf[(h * vd + v) * r + j];
+          }
+          gguf_tensor_copy c{shoal::ggml_type::f32, {H * (nope + vd), r}, {}};
+          c.bytes.resize(kv.size() * 4);
+          std::memcpy(c.bytes.data(), kv.data(), c.bytes.size());
+          out.push_back({p + "attn_kv_b.weight", c});
+        }
+        ts = std::move(out);
+      });
+  auto old = shoal::model::load(legacy.string());
+  BOOST_TEST(old->weights().layers[0].wkv_b.name == "blk.0.attn_kv_b.weight");
+  check_goldens(*old, true);
+  fs::remove_all(dir);
+}
+
+// V2 routing (softmax, group_limited_greedy, unnormalized weights scaled by 1.5), q_proj without
+// LoRA, v_head_dim != qk_nope_head_dim and YaRN mscale 0.707, through GGUF: the same logits as the
+// Hugging Face directory it came from, and the same under Q8_0 within quantization error.
+BOOST_AUTO_TEST_CASE(gguf_deepseek2_v2_from_make_model) {
+  const fs::path dir = temp_dir("ggufv2");
+  BOOST_REQUIRE(run_cli("make-model --shape deepseek-v2-tiny --seed 11 --out " + (dir / "hf").string()) == 0);
+  BOOST_REQUIRE(run_cli("quantize --type f32 --model " + (dir / "hf").string() + " --out " + (dir / "v2.gguf").string()) == 0);
+  BOOST_REQUIRE(run_cli("quantize --type q8_0 --model " + (dir / "hf").string() + " --out " + (dir / "q8.gguf").string()) == 0);
+  auto hf = shoal::model::load((dir / "hf").string());
+  auto gg = shoal::model::load((dir / "v2.gguf").string());
+  auto q8 = shoal::model::load((dir / "q8.gguf").string());
+  BOOST_TEST((gg->config().moe.topk_method == shoal::moe_topk_method::group_limited_greedy));
+  BOOST_TEST((gg->config().moe.scoring == shoal::moe_scoring::softmax));
+  BOOST_TEST(gg->config().mla.q_lora_rank == 0);
+  BOOST_TEST(gg->config().mla.softmax_scale == hf->config().mla.softmax_scale, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST((q8->weights().layers[1].experts[5].up.m.type == shoal::dtype::q8_0));
+  const std::vector<std::int32_t> prompt = {1, 300, 301, 302, 400, 17, 99, 250};
+  auto want = run_greedy(*hf, prompt, 12, true);
+  auto got = run_greedy(*gg, prompt, 12, true);
+  BOOST_TEST(got.result.generated_ids == want.result.generated_ids, boost::test_tools::per_element());
+  float worst = 0;
+  for (auto& [pos, row] : want.logits)
+    for (std::size_t i = 0; i < row.size(); ++i) worst = std::max(worst, std::fabs(got.logits[pos][i] - row[i]));
+  BOOST_TEST_MESSAGE("v2 gguf f32 vs hf: max |logit error| " << worst);
+  BOOST_TEST(worst <= 1e-4f);
+  // Q8_0 along the F32 model's own continuation.
+  const agreement r = measure_agreement(*hf, *q8, {prompt}, 12);
+  BOOST_TEST_MESSAGE("v2 gguf q8_0 vs f32: top-1 " << r.agree << "/" << r.steps << ", mean |error| / mean |logit| " << r.rel);
+  BOOST_TEST(r.rel <= 0.05);
+  fs::remove_all(dir);
+}
+
+// Inconsistent GGUF metadata is refused by key: an expert count the merged tensors do not hold,
+// more groups used than exist, a missing latent rank.
+BOOST_AUTO_TEST_CASE(gguf_deepseek2_bad_metadata_is_named, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  const fs::path dir = temp_dir("ggufbad");
+  fs::create_directories(dir);
+  const fs::path file = dir / "tiny.gguf";
+  BOOST_REQUIRE(run_cli("quantize --type f32 --model " + shared_path(kTiny) + " --out " + file.string()) == 0);
+  auto refused = [&](const std::string& name, const std::function<void(shoal::gguf_writer&)>& edit,
+                     const std::vector<std::string>& fragments) {
+    const fs::path bad = dir / (name + ".gguf");
+    rewrite_gguf(file, bad, edit);
+    try {
+      shoal::model::load(bad.string());
+      BOOST_ERROR(name << ": loading should have failed");
+    } catch (const shoal::error& e) {
+      for (const auto& f : fragments) BOOST_TEST(std::string(e.what()).find(f) != std::string::npos, e.what());
+    }
+  };
+  refused("experts", [](shoal::gguf_writer& w) { w.set_u32("deepseek2.expert_count", 12); },
+          {"'blk.1.ffn_gate_exps.weight' holds 8 routed experts", "deepseek2.expert_count is 12"});
+  refused("groups", [](shoal::gguf_writer& w) { w.set_u32("deepseek2.expert_group_used_count", 5); },
+          {"deepseek2.expert_group_used_count 5 is larger than deepseek2.expert_group_count 4"});
+  refused("per_tok", [](shoal::gguf_writer& w) { w.set_u32("deepseek2.expert_used_count", 9); },
+          {"deepseek2.expert_used_count 9 is larger than deepseek2.expert_count 8"});
+  refused("rank", [](shoal::gguf_writer& w) { w.erase("deepseek2.attention.kv_lora_rank"); },
+          {"deepseek2.attention.kv_lora_rank", "missing"});
+  refused("gating", [](shoal::gguf_writer& w) { w.set_u32("deepseek2.expert_gating_func", 7); },
+          {"expert_gating_func", "not supported"});
   fs::remove_all(dir);
 }
 

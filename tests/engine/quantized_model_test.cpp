@@ -440,7 +440,7 @@ BOOST_AUTO_TEST_CASE(quantize_refuses_bad_requests,
                shoal::errc::unsupported, {"Hugging Face"});
   o.type = "q5_k";
   expect_error([&] { shoal::quantize_model(shared_path(kStories), d / "y", o); },
-               shoal::errc::invalid_argument, {"q5_k", "int8, int4, q8_0, q4_0"});
+               shoal::errc::invalid_argument, {"q5_k", "int8, int4, fp8", "q8_0, q4_0, f32, f16, bf16"});
   o.type = "int4";
   o.group_size = 40;
   expect_error([&] { shoal::quantize_model(shared_path(kStories), d / "y", o); },

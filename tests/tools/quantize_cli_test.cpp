@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/model/gguf.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/shared.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -45,7 +46,9 @@ BOOST_AUTO_TEST_CASE(quantized_outputs_generate,
   for (auto [type, out] : {std::pair<std::string, std::string>{"int8", d / "int8"},
                            {"int4", d / "int4"},
                            {"q8_0", d / "q8.gguf"},
-                           {"q4_0", d / "q4.gguf"}}) {
+                           {"q4_0", d / "q4.gguf"},
+                           {"f16", d / "f16.gguf"},
+                           {"bf16", d / "bf16.gguf"}}) {
     auto r = run_shoal({"quantize", "--model", shared_path(kStories), "--out", out, "--type", type,
                         "--group-size", "32"});
     BOOST_REQUIRE_MESSAGE(r.status == 0, type << ": " << r.err);
@@ -80,7 +83,7 @@ BOOST_AUTO_TEST_CASE(existing_out_needs_force,
 BOOST_AUTO_TEST_CASE(bad_requests, *boost::unit_test::precondition(needs_shared{kStories})) {
   temp_dir d;
   expect_failure({"quantize", "--model", shared_path(kStories), "--out", d / "x", "--type", "q3_k"},
-                 {"q3_k", "int8, int4, q8_0, q4_0"});
+                 {"q3_k", "int8, int4, fp8", "q8_0, q4_0, f32, f16, bf16"});
   expect_failure({"quantize", "--model", shared_path(kStories), "--out", d / "x", "--type", "int4",
                   "--group-size", "24"},
                  {"--group-size 24"});
@@ -88,6 +91,40 @@ BOOST_AUTO_TEST_CASE(bad_requests, *boost::unit_test::precondition(needs_shared{
                  {"missing"});
   expect_failure({"make-model", "--shape", "tiny", "--dtype", "q8_0", "--out", d / "m"},
                  {"--format gguf"});
+}
+
+// `--type f32` writes GGUF as llama.cpp's convert_hf_to_gguf.py does: every tensor of stories260K
+// (names, shapes, types, bytes, q/k rows permuted to GGUF's interleaved RoPE pairs) equals the
+// stories260K-f32.gguf that llama.cpp wrote, bundled in ../shared.
+BOOST_AUTO_TEST_CASE(f32_gguf_equals_llama_cpp_conversion,
+                     *boost::unit_test::precondition(needs_shared{kStories}) *
+                         boost::unit_test::precondition(needs_shared{"models/stories260K/gguf/stories260K-f32.gguf"})) {
+  temp_dir d;
+  const std::string out = d / "s.gguf";
+  auto r = run_shoal({"quantize", "--type", "f32", "--model", shared_path(kStories), "--out", out});
+  BOOST_REQUIRE_MESSAGE(r.status == 0, r.err);
+  shoal::gguf_file ours(out), ref(shared_path("models/stories260K/gguf/stories260K-f32.gguf"));
+  BOOST_TEST(ours.tensors().size() == ref.tensors().size());
+  int same = 0;
+  for (const auto& t : ref.tensors()) {
+    const auto* o = ours.find_tensor(t.name);
+    BOOST_TEST_CONTEXT(t.name) {
+      BOOST_REQUIRE(o);
+      BOOST_TEST(o->ne == t.ne, boost::test_tools::per_element());
+      BOOST_TEST((o->type == t.type));
+      BOOST_REQUIRE_EQUAL(o->nbytes, t.nbytes);
+      const bool equal = std::equal(t.data, t.data + t.nbytes, o->data);
+      BOOST_TEST(equal);
+      same += equal;
+    }
+  }
+  BOOST_TEST(same == 48);
+  for (const char* key : {"llama.attention.head_count", "llama.attention.head_count_kv", "llama.block_count",
+                          "llama.embedding_length", "llama.feed_forward_length", "llama.rope.dimension_count"}) {
+    BOOST_TEST(ours.get_number(key) == ref.get_number(key), key);
+  }
+  BOOST_TEST(ours.find("tokenizer.ggml.tokens")->strs == ref.find("tokenizer.ggml.tokens")->strs,
+             boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_CASE(make_model_gguf) {

@@ -22,7 +22,7 @@ runner_fn add_quantize(CLI::App& app) {
   app.add_option("--model", a->model, "Source: HF model directory or .gguf file")->required();
   app.add_option("--out", a->out, "Output: a directory (int8, int4, fp8) or a .gguf file (q8_0, q4_0)")
       ->required();
-  app.add_option("--type", a->opts.type, "int8 | int4 | fp8 (HF layout; fp8: float8_e4m3fn with 128x128 block scales) | q8_0 | q4_0 (GGUF)")
+  app.add_option("--type", a->opts.type, "int8 | int4 | fp8 (HF layout; fp8: float8_e4m3fn with 128x128 block scales) | q8_0 | q4_0 | f32 | f16 | bf16 (GGUF)")
       ->required();
   app.add_option("--group-size", a->opts.group_size,
                  "int4: columns per scale, a multiple of 32 (default 64)");
