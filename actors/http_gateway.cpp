@@ -556,6 +556,8 @@ class openai_service final : public kj::HttpService {
   }
 
   // Chat messages as the template expects them: content as text (a list of text parts is joined).
+  // An assistant message that calls tools keeps content null (OpenAI sends null or omits it), as
+  // templates test for it (DeepSeek-V3's renders tool calls only when content is none).
   std::string render(const json& body, const std::string& model) {
     const auto* msgs = field(body, "messages");
     if (!msgs) throw bad_request("'messages' is required", "messages", "missing_required_parameter");
@@ -570,7 +572,8 @@ class openai_service final : public kj::HttpService {
       if (!role || !role->is_string()) throw bad_request("every message needs a string 'role'", "messages", "invalid_type");
       const auto* content = field(m, "content");
       if (!content) {
-        out["content"] = "";
+        const auto* calls = field(m, "tool_calls");
+        out["content"] = calls && calls->is_array() && !calls->empty() ? json(nullptr) : json("");
       } else if (content->is_array()) {
         std::string joined;
         for (const auto& part : *content) {

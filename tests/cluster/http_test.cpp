@@ -367,4 +367,61 @@ BOOST_AUTO_TEST_CASE(client_disconnect_cancels_the_stream) {
   BOOST_TEST(length.find("finished_reason=\"length\"") == std::string::npos, "the generation ran to its end");
 }
 
+// DeepSeek-V3's chat template through both doors: each reference rendering in
+// ../shared/tokenizers/deepseek-v3 (system prompts, Chinese, a tool call and its output) sent as
+// messages to RPC `chat` (messagesJson) and to /v1/chat/completions gives the reference prompt
+// length, and the same greedy continuation as generating from the reference ids directly.
+BOOST_AUTO_TEST_CASE(deepseek_chat_through_rpc_and_http,
+                     *boost::unit_test::precondition(needs_shared{"models/deepseek-v3-tiny/hf"}) *
+                         boost::unit_test::precondition(needs_shared{"tokenizers/deepseek-v3/chat_template_golden.json"})) {
+  local_cluster cl(shared_path("models/deepseek-v3-tiny/hf"), {{"main", {"router", "gateway", "worker"}, 1}},
+                   {{"r0", {"main"}}});
+  cl.wait_ready();
+  auto golden = shoal::test::read_json(shared_path("tokenizers/deepseek-v3/chat_template_golden.json"));
+  shoal::client::client c("127.0.0.1", cl.rpc_port());
+  int checked = 0;
+  for (const auto& cs : golden["cases"]) {
+    if (!cs["add_generation_prompt"].get<bool>()) continue;
+    const auto want_ids = cs["expected_ids"].get<std::vector<std::int32_t>>();
+    BOOST_TEST_CONTEXT("case " << cs["name"].get<std::string>()) {
+      shoal::client::generate_params direct;
+      direct.prompt_ids = want_ids;
+      direct.sampling.temperature = 0;
+      direct.max_tokens = 8;
+      direct.ignore_eos = true;
+      std::vector<std::int32_t> want_gen;
+      std::string want_text;
+      c.generate(direct, [&](const shoal::client::chunk& ch) {
+        want_gen.insert(want_gen.end(), ch.ids.begin(), ch.ids.end());
+        want_text += ch.text;
+        return true;
+      });
+      BOOST_REQUIRE_EQUAL(want_gen.size(), 8u);
+
+      shoal::client::chat_params chat;
+      chat.messages_json = cs["messages"].dump();
+      chat.generation = direct;
+      chat.generation.prompt_ids.clear();
+      std::vector<std::int32_t> got;
+      auto sum = c.chat(chat, [&](const shoal::client::chunk& ch) {
+        got.insert(got.end(), ch.ids.begin(), ch.ids.end());
+        return true;
+      });
+      BOOST_TEST(sum.prompt_tokens == static_cast<std::int32_t>(want_ids.size()));
+      BOOST_TEST(got == want_gen, boost::test_tools::per_element());
+
+      json body = {{"model", "m"}, {"messages", cs["messages"]}, {"max_tokens", 8}, {"temperature", 0},
+                   {"ignore_eos", true}};
+      auto r = post(cl.http_port(), "/v1/chat/completions", body, "");
+      BOOST_REQUIRE_MESSAGE(r.status == 200, r.status << " " << r.body);
+      auto j = json::parse(r.body);
+      BOOST_TEST(j["usage"]["prompt_tokens"].get<std::int32_t>() == static_cast<std::int32_t>(want_ids.size()));
+      BOOST_TEST(j["usage"]["completion_tokens"].get<std::int32_t>() == 8);
+      BOOST_TEST(j["choices"][0]["message"]["content"].get<std::string>() == want_text);
+    }
+    ++checked;
+  }
+  BOOST_TEST(checked >= 3);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
