@@ -432,6 +432,12 @@ void write_gguf(const job& a, const model& m) {
     for (const auto& [k, v] : src.metadata()) w.set(k, v);
     w.set_u32("general.file_type", file_type);
     w.set_u32("general.quantization_version", 2);
+    // deepseek2 is always written in the current MLA layout (attn_k_b/attn_v_b), whichever the
+    // source used: its architecture keys are rewritten to match.
+    if (c.family == model_family::deepseek) {
+      add_gguf_arch_metadata(w, c, src.get_string_opt("general.name").value_or(fs::path(a.model).stem().string()),
+                             file_type);
+    }
   } else {
     add_gguf_arch_metadata(w, c, fs::path(a.model).filename().string(), file_type);
     nlohmann::json tj = nlohmann::json::parse(read_text_file(a.model + "/tokenizer.json"));
@@ -490,9 +496,12 @@ void write_gguf(const job& a, const model& m) {
   // `row_of(i, r, out)` (cols floats).
   auto add_stacked = [&](const std::string& name, std::int64_t count, std::int64_t rows, std::int64_t cols,
                          dtype src_type, std::function<void(std::int64_t, std::int64_t, float*)> row_of,
-                         bool flat = false) {
+                         bool flat = false, bool keep_f32 = false) {
     dtype t = target;
-    if (cols % dtype_block_size(target) != 0) {
+    if (keep_f32) {
+      t = dtype::f32;
+      ++a.report->kept;
+    } else if (cols % dtype_block_size(target) != 0) {
       t = src_type == dtype::f16 || src_type == dtype::bf16 ? src_type : dtype::f32;
       ++a.report->kept;
       a.report->notes.push_back(name + " has " + std::to_string(cols) + " columns, not a multiple of " +
@@ -518,7 +527,7 @@ void write_gguf(const job& a, const model& m) {
   auto add_f32_matrix = [&](const std::string& name, const kernels::matrix& src) {
     add_stacked(
         name, 1, src.rows, src.cols, dtype::f32,
-        [src](std::int64_t, std::int64_t r, float* out) { kernels::dequantize_row(src, r, out); }, true);
+        [src](std::int64_t, std::int64_t r, float* out) { kernels::dequantize_row(src, r, out); }, true, true);
   };
 
   add_matrix("token_embd.weight", W.tok_embd.m, {});
@@ -545,13 +554,18 @@ void write_gguf(const job& a, const model& m) {
     // kv_b_proj split as llama.cpp's converter does: attn_k_b [heads, kv_lora_rank, nope] (each
     // head's key rows transposed) and attn_v_b [heads, v_head_dim, kv_lora_rank].
     const kernels::matrix kv_b = L.wkv_b.m;
-    add_stacked(p + "attn_k_b.weight", nh, r, nope, kv_b.type, [kv_b, r, nope, per_head](std::int64_t h, std::int64_t j, float* out) {
-      std::vector<float> row(static_cast<std::size_t>(r));
-      for (std::int64_t k = 0; k < nope; ++k) {
-        kernels::dequantize_row(kv_b, h * per_head + k, row.data());
-        out[k] = row[j];
-      }
-    });
+    // Rows are asked for head by head: each head's nope x r key block is dequantized once.
+    auto block = std::make_shared<std::pair<std::int64_t, std::vector<float>>>(-1, std::vector<float>());
+    add_stacked(p + "attn_k_b.weight", nh, r, nope, kv_b.type,
+                [kv_b, r, nope, per_head, block](std::int64_t h, std::int64_t j, float* out) {
+                  if (block->first != h) {
+                    block->second.resize(static_cast<std::size_t>(nope * r));
+                    for (std::int64_t k = 0; k < nope; ++k)
+                      kernels::dequantize_row(kv_b, h * per_head + k, block->second.data() + k * r);
+                    block->first = h;
+                  }
+                  for (std::int64_t k = 0; k < nope; ++k) out[k] = block->second[k * r + j];
+                });
     add_stacked(p + "attn_v_b.weight", nh, vd, r, kv_b.type, [kv_b, nope, per_head](std::int64_t h, std::int64_t v, float* out) {
       kernels::dequantize_row(kv_b, h * per_head + nope + v, out);
     });

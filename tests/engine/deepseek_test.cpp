@@ -22,6 +22,7 @@
 #include <map>
 #include <numbers>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include "engine/comm/tcp_communicator.hpp"
@@ -710,9 +711,10 @@ BOOST_AUTO_TEST_CASE(fp8_agreement_with_f32, *boost::unit_test::precondition(nee
 // prompts not in ../shared. Measured here: 441/455 steps (96.9%), mean logit error 2.4% of the mean
 // logit. The floor below guards what holds; the 99% is kept as an expected failure: plain
 // round-to-nearest E4M3 (as DeepSeek publishes) does not reach it on models this small.
+std::optional<agreement> trained_fp8;  // measured by the test below, judged by the one after
+
 BOOST_AUTO_TEST_CASE(fp8_agreement_on_a_trained_model,
-                     *boost::unit_test::precondition(needs_shared{"models/stories260K/hf"}) *
-                         boost::unit_test::expected_failures(1)) {
+                     *boost::unit_test::precondition(needs_shared{"models/stories260K/hf"})) {
   const std::string src = shared_path("models/stories260K/hf");
   const fs::path dir = temp_dir("fp8trained");
   BOOST_REQUIRE(run_cli("quantize --type fp8 --model " + src + " --out " + dir.string()) == 0);
@@ -737,8 +739,16 @@ BOOST_AUTO_TEST_CASE(fp8_agreement_on_a_trained_model,
   BOOST_TEST(r.steps >= 300);
   BOOST_TEST(r.agree >= 0.95 * r.steps);
   BOOST_TEST(r.rel <= 0.05);
-  BOOST_TEST(r.agree >= 0.99 * r.steps);  // the target (expected failure, see above)
+  trained_fp8 = r;
   fs::remove_all(dir);
+}
+
+// The target on the trained model, alone so that its expected failure hides nothing else.
+BOOST_AUTO_TEST_CASE(fp8_agreement_target_on_a_trained_model,
+                     *boost::unit_test::depends_on("deepseek/fp8_agreement_on_a_trained_model") *
+                         boost::unit_test::expected_failures(1)) {
+  BOOST_REQUIRE(trained_fp8);
+  BOOST_TEST(trained_fp8->agree >= 0.99 * trained_fp8->steps);
 }
 
 // A copy of the tiny model's directory with config.json edited by `edit` (weights linked).
@@ -852,9 +862,10 @@ BOOST_AUTO_TEST_CASE(parallel_v2_from_make_model) {
   fs::remove_all(dir);
 }
 
-// Splits that do not divide the model are refused by name: heads or expert columns not divisible
-// by the ranks, more ranks than routed experts, expert parallelism of a dense model, and a column
-// window that would cut an FP8 128-column block.
+// Splits that do not divide the model are refused by name: heads not divisible by the ranks, more
+// ranks than routed experts, expert parallelism of a dense model, and a column window that would cut
+// an FP8 128-column block. (The tiny models' MLP and expert widths divide every head count that
+// does, so the column checks are reached only through the FP8 window.)
 BOOST_AUTO_TEST_CASE(bad_splits_are_refused, *boost::unit_test::precondition(needs_shared{kTiny})) {
   auto m = shoal::model::load(shared_path(kTiny));
   auto refused = [&](shoal::shard_spec s, const std::string& fragment) {
@@ -1108,6 +1119,17 @@ BOOST_AUTO_TEST_CASE(gguf_deepseek2_goldens, *boost::unit_test::precondition(nee
   auto old = shoal::model::load(legacy.string());
   BOOST_TEST(old->weights().layers[0].wkv_b.name == "blk.0.attn_kv_b.weight");
   check_goldens(*old, true);
+  // Rewriting the older layout gives the current one, keys and tensors consistent.
+  const fs::path relaid = dir / "relaid.gguf";
+  BOOST_REQUIRE(run_cli("quantize --type f32 --model " + legacy.string() + " --out " + relaid.string()) == 0);
+  {
+    shoal::gguf_file g(relaid.string());
+    BOOST_TEST(g.get_number("deepseek2.attention.head_count_kv") == 1);
+    BOOST_TEST(g.get_number("deepseek2.attention.key_length_mla") == 24);
+    BOOST_TEST(g.find_tensor("blk.2.attn_k_b.weight"));
+    BOOST_TEST(!g.find_tensor("blk.2.attn_kv_b.weight"));
+  }
+  check_goldens(*shoal::model::load(relaid.string()), true);
   fs::remove_all(dir);
 }
 
@@ -1127,6 +1149,17 @@ BOOST_AUTO_TEST_CASE(gguf_deepseek2_v2_from_make_model) {
   BOOST_TEST(gg->config().mla.q_lora_rank == 0);
   BOOST_TEST(gg->config().mla.softmax_scale == hf->config().mla.softmax_scale, boost::test_tools::tolerance(1e-6f));
   BOOST_TEST((q8->weights().layers[1].experts[5].up.m.type == shoal::dtype::q8_0));
+  BOOST_TEST((q8->weights().layers[1].router.m.type == shoal::dtype::f32));  // as llama-quantize keeps ffn_gate_inp
+  {
+    // attn_k_b is [heads, kv_lora_rank, nope] (ggml order reversed); this shape has r 24 != nope 16.
+    shoal::gguf_file g((dir / "v2.gguf").string());
+    const auto* kb = g.find_tensor("blk.0.attn_k_b.weight");
+    const auto* vb = g.find_tensor("blk.0.attn_v_b.weight");
+    BOOST_REQUIRE(kb);
+    BOOST_REQUIRE(vb);
+    BOOST_TEST(kb->ne == (std::vector<std::int64_t>{16, 24, 4}), boost::test_tools::per_element());
+    BOOST_TEST(vb->ne == (std::vector<std::int64_t>{24, 12, 4}), boost::test_tools::per_element());
+  }
   const std::vector<std::int32_t> prompt = {1, 300, 301, 302, 400, 17, 99, 250};
   auto want = run_greedy(*hf, prompt, 12, true);
   auto got = run_greedy(*gg, prompt, 12, true);

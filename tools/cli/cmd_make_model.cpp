@@ -265,7 +265,9 @@ int write_deepseek_model(const make_model_args& a) {
   if (fs::exists(a.out) && !a.force) throw error(errc::invalid_argument, a.out + ": already exists (pass --force to overwrite)");
   fs::create_directories(a.out);
   const std::int64_t H = 64, I = 128, L = 3, nh = 4, vocab = 512, ctx = 1024;
-  const std::int64_t q_lora = v3 ? 32 : 0, r = 16, nope = 16, rd = 8, vd = v3 ? 16 : 12;
+  // V2's latent (24) differs from its nope width (16) and v_head_dim (12), so layouts that
+  // transpose or split kv_b (GGUF attn_k_b/attn_v_b) are tested on unequal sizes.
+  const std::int64_t q_lora = v3 ? 32 : 0, r = v3 ? 16 : 24, nope = 16, rd = 8, vd = v3 ? 16 : 12;
   const std::int64_t E = 8, shared = v3 ? 1 : 2, k = v3 ? 2 : 3, EI = v3 ? 32 : 16;
   nlohmann::ordered_json cfg = {
       {"architectures", {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"}},

@@ -20,7 +20,7 @@ struct quantize_args {
 runner_fn add_quantize(CLI::App& app) {
   auto a = std::make_shared<quantize_args>();
   app.add_option("--model", a->model, "Source: HF model directory or .gguf file")->required();
-  app.add_option("--out", a->out, "Output: a directory (int8, int4, fp8) or a .gguf file (q8_0, q4_0)")
+  app.add_option("--out", a->out, "Output: a directory (int8, int4, fp8) or a .gguf file (q8_0, q4_0, f32, f16, bf16)")
       ->required();
   app.add_option("--type", a->opts.type, "int8 | int4 | fp8 (HF layout; fp8: float8_e4m3fn with 128x128 block scales) | q8_0 | q4_0 | f32 | f16 | bf16 (GGUF)")
       ->required();
