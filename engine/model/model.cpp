@@ -824,6 +824,24 @@ std::map<std::string, tensor_ref> gguf_tensor_refs(const gguf_file& g, std::vect
   return tensors;
 }
 
+// The vocabulary size (token_embd's rows), the embedding, the final norm and the output head
+// (the embedding when output.weight is absent): the same in every GGUF architecture.
+void bind_gguf_ends(const weight_binder& b, const std::string& file, model_config& cfg, model_weights& w) {
+  const auto* embd = b.find("token_embd.weight");
+  if (!embd) throw error(errc::corrupt_file, file + ": tensor 'token_embd.weight' is missing");
+  if (embd->shape.size() != 2) throw error(errc::corrupt_file, file + ": token_embd.weight is not a matrix");
+  cfg.vocab_size = embd->shape[0];
+  const auto H = cfg.hidden_size, V = cfg.vocab_size;
+  w.tok_embd = b.matrix("token_embd.weight", V, H);
+  w.out_norm = b.vector("output_norm.weight", H);
+  if (b.find("output.weight")) {
+    w.lm_head = b.matrix("output.weight", V, H);
+  } else {
+    w.lm_head = w.tok_embd;
+    cfg.tied_embeddings = true;
+  }
+}
+
 }  // namespace
 
 void model::load_gguf(const std::string& file) {
@@ -878,20 +896,9 @@ void model::load_gguf(const std::string& file) {
   read_gguf_special_ids(g, cfg);
   std::map<std::string, tensor_ref> tensors = gguf_tensor_refs(g, tensors_);
   weight_binder b(tensors, file, true);
-  const auto* embd = b.find("token_embd.weight");
-  if (!embd) throw error(errc::corrupt_file, file + ": tensor 'token_embd.weight' is missing");
-  if (embd->shape.size() != 2) throw error(errc::corrupt_file, file + ": token_embd.weight is not a matrix");
-  cfg.vocab_size = embd->shape[0];
-  const auto H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+  bind_gguf_ends(b, file, cfg, weights_);
+  const auto H = cfg.hidden_size, I = cfg.intermediate_size;
   const auto QD = cfg.n_heads * cfg.head_dim, KD = cfg.n_kv_heads * cfg.head_dim;
-  weights_.tok_embd = b.matrix("token_embd.weight", V, H);
-  weights_.out_norm = b.vector("output_norm.weight", H);
-  if (b.find("output.weight")) {
-    weights_.lm_head = b.matrix("output.weight", V, H);
-  } else {
-    weights_.lm_head = weights_.tok_embd;
-    cfg.tied_embeddings = true;
-  }
   weights_.rope_freq_factors = b.optional_vector("rope_freqs.weight", cfg.rope_dim / 2);
   for (std::int64_t i = 0; i < cfg.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -1013,20 +1020,9 @@ void model::load_gguf_deepseek2(const std::string& file) {
                                              a + "expert_group_count"});
   }
 
-  const auto* embd = b.find("token_embd.weight");
-  if (!embd) throw error(errc::corrupt_file, file + ": tensor 'token_embd.weight' is missing");
-  if (embd->shape.size() != 2) throw error(errc::corrupt_file, file + ": token_embd.weight is not a matrix");
-  cfg.vocab_size = embd->shape[0];
-  const auto H = cfg.hidden_size, V = cfg.vocab_size, nh = cfg.n_heads;
+  bind_gguf_ends(b, file, cfg, weights_);
+  const auto H = cfg.hidden_size, nh = cfg.n_heads;
   const auto r = m.kv_lora_rank, nope = m.qk_nope_dim, vd = m.v_head_dim, per_head = nope + vd;
-  weights_.tok_embd = b.matrix("token_embd.weight", V, H);
-  weights_.out_norm = b.vector("output_norm.weight", H);
-  if (b.find("output.weight")) {
-    weights_.lm_head = b.matrix("output.weight", V, H);
-  } else {
-    weights_.lm_head = weights_.tok_embd;
-    cfg.tied_embeddings = true;
-  }
   std::vector<float> row;
   for (std::int64_t i = 0; i < cfg.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";

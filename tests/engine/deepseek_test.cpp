@@ -454,54 +454,50 @@ fs::path temp_dir(const std::string& name) {
 
 const std::string kTiny = "models/deepseek-v3-tiny/hf";
 
-}  // namespace
-
-BOOST_AUTO_TEST_SUITE(deepseek)
-
-BOOST_AUTO_TEST_CASE(goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
-  auto m = shoal::model::load(shared_path(kTiny));
-  auto prompts = read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"));
+// The goldens through `m`: prompt text -> golden ids, 24 greedy ids, logits within 1e-3.
+void check_goldens(const shoal::model& m, bool fast, shoal::mla_path path = shoal::mla_path::automatic,
+                   const std::string& label = "") {
   int checked = 0;
-  struct variant {
-    bool fast;
-    shoal::mla_path path;
-    const char* name;
-  };
-  const variant variants[] = {{false, shoal::mla_path::automatic, "reference automatic"},
-                              {true, shoal::mla_path::automatic, "fast automatic"},
-                              {true, shoal::mla_path::absorbed, "fast absorbed"},
-                              {false, shoal::mla_path::plain, "reference plain"}};
-  for (auto& p : prompts) {
+  for (auto& p : read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"))) {
     const std::string name = p["name"];
     auto g = read_json(shared_path("golden/deepseek-v3-tiny/" + name + ".json"));
     auto want_prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
-    auto ids = m->tok().encode(g["prompt"].get<std::string>());
-    BOOST_TEST_CONTEXT("prompt " << name) { BOOST_TEST(ids == want_prompt, boost::test_tools::per_element()); }
     auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
-    for (const auto& v : variants) {
-      BOOST_TEST_CONTEXT("prompt " << name << " " << v.name) {
-        auto out = run_greedy(*m, want_prompt, static_cast<int>(want_gen.size()), v.fast, v.path);
-        BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
-        const auto last = static_cast<std::int32_t>(want_prompt.size() - 1);
-        auto full = g["last_prompt_logits"].get<std::vector<float>>();
-        BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
-        float worst = 0;
-        for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
-        BOOST_TEST_MESSAGE(name << " " << v.name << ": last prompt position max |logit error| " << worst);
-        BOOST_TEST(worst <= 1e-3f);
-        for (auto& at : g["logits_top10_at"]) {
-          const std::int32_t pos = at["position"];
-          for (auto& pair : at["top"]) {
-            const std::int32_t id = pair[0];
-            const float want = pair[1];
-            BOOST_TEST(std::fabs(out.logits[pos][id] - want) <= 1e-3f, "position " << pos << " id " << id);
-          }
+    const std::string variant = label.empty() ? (fast ? "fast" : "reference") : label;
+    BOOST_TEST_CONTEXT("prompt " << name << " " << variant) {
+      BOOST_TEST(m.tok().encode(g["prompt"].get<std::string>()) == want_prompt, boost::test_tools::per_element());
+      auto out = run_greedy(m, want_prompt, static_cast<int>(want_gen.size()), fast, path);
+      BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
+      const auto last = static_cast<std::int32_t>(want_prompt.size() - 1);
+      auto full = g["last_prompt_logits"].get<std::vector<float>>();
+      BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
+      float worst = 0;
+      for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
+      BOOST_TEST_MESSAGE(name << " " << variant << ": last prompt position max |logit error| " << worst);
+      BOOST_TEST(worst <= 1e-3f);
+      for (auto& at : g["logits_top10_at"]) {
+        const std::int32_t pos = at["position"];
+        for (auto& pair : at["top"]) {
+          BOOST_TEST(std::fabs(out.logits[pos][pair[0].get<std::int32_t>()] - pair[1].get<float>()) <= 1e-3f,
+                     "position " << pos << " id " << pair[0]);
         }
       }
     }
     ++checked;
   }
   BOOST_TEST(checked == 3);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(deepseek)
+
+BOOST_AUTO_TEST_CASE(goldens, *boost::unit_test::precondition(needs_shared{kTiny})) {
+  auto m = shoal::model::load(shared_path(kTiny));
+  check_goldens(*m, false, shoal::mla_path::automatic, "reference automatic");
+  check_goldens(*m, true, shoal::mla_path::automatic, "fast automatic");
+  check_goldens(*m, true, shoal::mla_path::absorbed, "fast absorbed");
+  check_goldens(*m, false, shoal::mla_path::plain, "reference plain");
 }
 
 // Prefill one token at a time (decode path for every position) must give the golden ids too.
@@ -983,37 +979,6 @@ std::string run_cli_output(const std::string& args) {
   for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
   ::pclose(f);
   return out;
-}
-
-// The goldens through `m`: prompt text -> golden ids, 24 greedy ids, logits within 1e-3.
-void check_goldens(const shoal::model& m, bool fast) {
-  int checked = 0;
-  for (auto& p : read_json(shared_path("golden/deepseek-v3-tiny/prompts.json"))) {
-    const std::string name = p["name"];
-    auto g = read_json(shared_path("golden/deepseek-v3-tiny/" + name + ".json"));
-    auto want_prompt = g["prompt_ids"].get<std::vector<std::int32_t>>();
-    auto want_gen = g["generated_ids"].get<std::vector<std::int32_t>>();
-    BOOST_TEST_CONTEXT("prompt " << name << (fast ? " fast" : " reference")) {
-      BOOST_TEST(m.tok().encode(g["prompt"].get<std::string>()) == want_prompt, boost::test_tools::per_element());
-      auto out = run_greedy(m, want_prompt, static_cast<int>(want_gen.size()), fast);
-      BOOST_TEST(out.result.generated_ids == want_gen, boost::test_tools::per_element());
-      const auto last = static_cast<std::int32_t>(want_prompt.size() - 1);
-      auto full = g["last_prompt_logits"].get<std::vector<float>>();
-      BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
-      float worst = 0;
-      for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
-      BOOST_TEST(worst <= 1e-3f);
-      for (auto& at : g["logits_top10_at"]) {
-        const std::int32_t pos = at["position"];
-        for (auto& pair : at["top"]) {
-          BOOST_TEST(std::fabs(out.logits[pos][pair[0].get<std::int32_t>()] - pair[1].get<float>()) <= 1e-3f,
-                     "position " << pos << " id " << pair[0]);
-        }
-      }
-    }
-    ++checked;
-  }
-  BOOST_TEST(checked == 3);
 }
 
 // `shoal quantize --type f32` writes GGUF deepseek2 the way llama.cpp's converter does today
