@@ -166,8 +166,8 @@ BOOST_AUTO_TEST_CASE(readiness_follows_the_worker, *boost::unit_test::preconditi
   // The 3-node shape: the worker is its own process, started late and then killed.
   local_cluster cl(shared_path(kStories), {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}},
                    {{"r0", {"wa"}}}, "", false);
+  cl.wait_live(60);
   const int port = cl.http_port();
-  wait_until([&] { return shoal::test::http_get("127.0.0.1", port, "/livez").status == 200; }, 60, "/livez");
   auto not_ready = shoal::test::http_get("127.0.0.1", port, "/readyz");
   BOOST_TEST(not_ready.status == 503);
   BOOST_TEST(json::parse(not_ready.body)["reason"].is_string(), not_ready.body);

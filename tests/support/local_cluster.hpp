@@ -13,12 +13,17 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
+#include <fstream>
 #include <map>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "tests/support/http.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tools/client/shoal_client.hpp"
@@ -50,14 +55,23 @@ inline int free_port() {
     if (std::fscanf(f, "%d", &low) != 1) low = 32768;
     std::fclose(f);
   }
+  // Never the same port twice in one test process (two nodes of a cluster must not get one port).
+  static std::set<int> given;
   if (low > 12000) {
     static std::mt19937 rng(std::random_device{}());
     std::uniform_int_distribution<int> pick(10000, low - 1);
     for (int i = 0; i < 200; ++i) {
-      if (int p = bindable(pick(rng)); p > 0) return p;
+      const int want = pick(rng);
+      if (given.count(want)) continue;
+      if (int p = bindable(want); p > 0) {
+        given.insert(p);
+        return p;
+      }
     }
   }
-  return bindable(0);
+  const int p = bindable(0);
+  given.insert(p);
+  return p;
 }
 
 struct node_def {
@@ -82,36 +96,8 @@ class local_cluster {
   /// the router's node starts; start_node() starts the others.
   local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
                 const std::string& extra_yaml = "", bool start_workers = true)
-      : nodes_(std::move(nodes)) {
-    std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path + "\nnodes:\n";
-    for (auto& n : nodes_) {
-      ports_[n.name] = free_port();
-      y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
-      for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
-      y += "]\n    threads: " + std::to_string(n.threads) + "\n";
-      metrics_ports_[n.name] = free_port();
-      y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
-      for (auto& r : n.roles) {
-        if (r == "gateway") {
-          rpc_port_ = free_port();
-          y += "    rpc_port: " + std::to_string(rpc_port_) + "\n";
-          http_port_ = free_port();
-          y += "    http_port: " + std::to_string(http_port_) + "\n";
-        }
-      }
-    }
-    y += "replicas:\n";
-    for (auto& r : replicas) {
-      y += "  - name: " + r.name + "\n    model: m\n    tensor_parallel: [";
-      for (std::size_t i = 0; i < r.tp.size(); ++i) y += (i ? ", " : "") + r.tp[i];
-      y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
-           std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
-           "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n    parallel: " + r.parallel + "\n";
-    }
-    y += extra_yaml;
-    // Tests measure the model unless they ask for the answer cache.
-    if (extra_yaml.find("cache:") == std::string::npos) y += "cache:\n  enabled: false\n";
-    dir_.write("cluster.yaml", y);
+      : model_path_(model_path), nodes_(std::move(nodes)), replicas_(std::move(replicas)), extra_yaml_(extra_yaml) {
+    write_config();
     // Worker-only nodes first, like `shoal up`.
     for (int pass = 0; pass < 2; ++pass) {
       for (auto& n : nodes_) {
@@ -165,8 +151,23 @@ class local_cluster {
       } catch (const std::exception& e) {
         detail = e.what();
       }
-      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("cluster not ready: " + detail);
+      restart_if_a_port_was_taken();
+      if (std::chrono::steady_clock::now() > deadline) {
+        throw std::runtime_error("cluster not ready: " + detail + "\n" + node_report());
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  /// Waits until the gateway's HTTP door answers /livez (the router may still have no ready replica).
+  void wait_live(int timeout_s = 60) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (http_get("127.0.0.1", http_port_, "/livez").status != 200) {
+      restart_if_a_port_was_taken();
+      if (std::chrono::steady_clock::now() > deadline) {
+        throw std::runtime_error("gateway /livez never answered 200\n" + node_report());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
 
@@ -191,6 +192,112 @@ class local_cluster {
   }
 
  private:
+  /// Picks every node's ports and writes the cluster YAML.
+  void write_config() {
+    std::string y = "cluster: test\nmodels:\n  - name: m\n    path: " + model_path_ + "\nnodes:\n";
+    for (auto& n : nodes_) {
+      ports_[n.name] = free_port();
+      y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
+      for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
+      y += "]\n    threads: " + std::to_string(n.threads) + "\n";
+      metrics_ports_[n.name] = free_port();
+      y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
+      for (auto& r : n.roles) {
+        if (r == "gateway") {
+          rpc_port_ = free_port();
+          y += "    rpc_port: " + std::to_string(rpc_port_) + "\n";
+          http_port_ = free_port();
+          y += "    http_port: " + std::to_string(http_port_) + "\n";
+        }
+      }
+    }
+    y += "replicas:\n";
+    for (auto& r : replicas_) {
+      y += "  - name: " + r.name + "\n    model: m\n    tensor_parallel: [";
+      for (std::size_t i = 0; i < r.tp.size(); ++i) y += (i ? ", " : "") + r.tp[i];
+      y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
+           std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
+           "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n    parallel: " + r.parallel + "\n";
+    }
+    y += extra_yaml_;
+    // Tests measure the model unless they ask for the answer cache.
+    if (extra_yaml_.find("cache:") == std::string::npos) y += "cache:\n  enabled: false\n";
+    dir_.write("cluster.yaml", y);
+  }
+
+  /// A port is only checked free when it is picked; something else on the host can take it before
+  /// the node binds it. A node that exited saying it cannot listen gets the whole cluster restarted
+  /// on fresh ports (at most three times), so such a race does not fail the test.
+  void restart_if_a_port_was_taken() {
+    if (port_restarts_ >= 3) return;
+    bool taken = false;
+    for (auto& [name, pid] : pids_) {
+      if (pid <= 0) continue;
+      int status = 0;
+      if (::waitpid(pid, &status, WNOHANG) != pid) continue;
+      pid = -1;
+      ended_[name] = describe_exit(status);
+      std::ifstream f(log(name));
+      std::stringstream text;
+      text << f.rdbuf();
+      if (text.str().find("cannot listen") != std::string::npos) taken = true;
+    }
+    if (!taken) return;
+    ++port_restarts_;
+    std::vector<std::string> started;
+    for (auto& [name, pid] : pids_) started.push_back(name);
+    for (auto& [name, pid] : pids_) {
+      if (pid > 0) ::kill(pid, SIGKILL);
+      if (pid > 0) ::waitpid(pid, nullptr, 0);
+      pid = -1;
+      std::rename(log(name).c_str(), (log(name) + ".port-race-" + std::to_string(port_restarts_)).c_str());
+    }
+    std::fprintf(stderr, "local_cluster: a node could not listen on its port; restarting on fresh ports\n");
+    write_config();
+    ended_.clear();
+    // Routers last, as at first start.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (auto& n : nodes_) {
+        const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
+        if (router != (pass == 1)) continue;
+        if (std::find(started.begin(), started.end(), n.name) != started.end()) start(n.name);
+      }
+    }
+  }
+
+  static std::string describe_exit(int status) {
+    return WIFEXITED(status)     ? "exited with status " + std::to_string(WEXITSTATUS(status))
+           : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                 : "stopped";
+  }
+
+  /// Each node's process state and the end of its log: what a failed wait_ready needs to show.
+  std::string node_report() {
+    std::string out;
+    for (auto& [name, pid] : pids_) {
+      std::string state = ended_.count(name) ? ended_[name] : "not running";
+      if (pid > 0) {
+        int status = 0;
+        const pid_t r = ::waitpid(pid, &status, WNOHANG);
+        if (r == 0) {
+          state = "running (pid " + std::to_string(pid) + ")";
+        } else if (r == pid) {
+          state = describe_exit(status);
+          pid = -1;
+        }
+      }
+      out += "--- node " + name + ": " + state + "; last lines of " + log(name) + ":\n";
+      std::ifstream f(log(name));
+      std::vector<std::string> lines;
+      for (std::string l; std::getline(f, l);) {
+        lines.push_back(l);
+        if (lines.size() > 20) lines.erase(lines.begin());
+      }
+      for (auto& l : lines) out += "  " + l + "\n";
+    }
+    return out;
+  }
+
   void start(const std::string& name) {
     std::vector<std::string> args = {shoal_bin(), "node", "--config", config_path(), "--name", name,
                                      "--data-dir", data_dir(name)};
@@ -203,13 +310,19 @@ class local_cluster {
     const std::string log = dir_ / (name + ".log");
     posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    ::posix_spawn(&pid, args[0].c_str(), &fa, nullptr, argv.data(), environ);
+    const int rc = ::posix_spawn(&pid, args[0].c_str(), &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error("cannot start node '" + name + "' (" + args[0] + "): " + std::strerror(rc));
     pids_[name] = pid;
   }
 
   temp_dir dir_;
+  std::string model_path_;
   std::vector<node_def> nodes_;
+  std::vector<replica_def> replicas_;
+  std::string extra_yaml_;
+  std::map<std::string, std::string> ended_;  // how a node reaped by the harness ended
+  int port_restarts_ = 0;
   std::map<std::string, int> ports_;
   std::map<std::string, int> metrics_ports_;
   std::map<std::string, pid_t> pids_;
