@@ -5,6 +5,10 @@
 #pragma GCC diagnostic ignored \
     "-Wmaybe-uninitialized"  // kj's ExceptionOr<T>, see actors/gateway.cpp
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <prometheus/registry.h>
@@ -16,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <thread>
 
@@ -401,6 +406,39 @@ BOOST_AUTO_TEST_CASE(dropped_connection_cancels,
                       "the request still runs after its client disconnected");
   const double after = metric_value(render_metrics(*c.registry()), cancelled);
   BOOST_CHECK_EQUAL(after, before + 1);
+}
+
+// A peer that accepts the connection but never answers (not a Shoal gateway, or a stuck one): the
+// client's health/models/tokenize calls end with an error naming the address, not a hang.
+BOOST_AUTO_TEST_CASE(a_silent_peer_is_named_not_waited_on) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  BOOST_REQUIRE(::listen(fd, 8) == 0);  // the kernel accepts connections; nobody reads or answers
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  shoal::client::client_options o;
+  o.call_timeout_ms = 300;
+  shoal::client::client c("127.0.0.1", port, o);
+  const std::string where = "127.0.0.1:" + std::to_string(port);
+  auto expect_named = [&](const std::function<void()>& call, const std::string& name) {
+    try {
+      call();
+      BOOST_ERROR(name << " returned from a peer that never answers");
+    } catch (const shoal::error& e) {
+      const std::string what = e.what();
+      BOOST_TEST((e.code() == shoal::errc::unavailable), what);
+      BOOST_TEST(what.find(where) != std::string::npos, what);
+      BOOST_TEST(what.find("did not answer '" + name + "'") != std::string::npos, what);
+    }
+  };
+  expect_named([&] { c.health(); }, "health");
+  expect_named([&] { c.models(); }, "models");
+  expect_named([&] { c.tokenize("hello"); }, "tokenize");
+  ::close(fd);
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_refused_and_serving_goes_on,

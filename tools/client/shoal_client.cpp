@@ -266,6 +266,31 @@ struct client::impl {
     return std::move(*out);
   }
 
+  /// As wait(), for a call that answers at once: a peer that accepted the connection but does not
+  /// answer within opts.call_timeout_ms (not a Shoal gateway, or a stuck one) is an error naming it.
+  template <class T>
+  T wait_answer(kj::Promise<T>&& p, const char* call) {
+    if (opts.call_timeout_ms <= 0) return wait(kj::mv(p));
+    bool timed_out = false;
+    auto limited = p.exclusiveJoin(tio->io.provider->getTimer()
+                                       .afterDelay(opts.call_timeout_ms * kj::MILLISECONDS)
+                                       .then([&timed_out]() -> T {
+                                         timed_out = true;
+                                         kj::throwFatalException(KJ_EXCEPTION(FAILED, "call timed out"));
+                                       }));
+    std::optional<T> out;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { out.emplace(limited.wait(ws())); })) {
+      if (timed_out) {
+        disconnect();
+        throw error(errc::unavailable, "the Shoal gateway at " + where() + " did not answer '" + call + "' within " +
+                                           std::to_string(opts.call_timeout_ms) +
+                                           " ms (is that address a Shoal gateway's RPC port?)");
+      }
+      fail(*e);
+    }
+    return std::move(*out);
+  }
+
   [[noreturn]] void fail(const kj::Exception& e) {
     const std::string what = e.getDescription().cStr();
     if (what.find("larger than our single-message size limit") != std::string::npos) {
@@ -402,7 +427,7 @@ std::vector<std::int32_t> client::tokenize(const std::string& text_in, const std
   req.setModel(text(model));
   req.setText(text(text_in));
   req.setAddSpecial(add_special);
-  auto resp = impl_->wait(req.send());
+  auto resp = impl_->wait_answer(req.send(), "tokenize");
   if (resp.hasError()) throw_refusal(resp.getError());
   std::vector<std::int32_t> ids;
   for (auto id : resp.getIds()) ids.push_back(id);
@@ -410,7 +435,7 @@ std::vector<std::int32_t> client::tokenize(const std::string& text_in, const std
 }
 
 std::vector<model_info> client::models() {
-  auto resp = impl_->wait(impl_->connect().modelsRequest().send());
+  auto resp = impl_->wait_answer(impl_->connect().modelsRequest().send(), "models");
   std::vector<model_info> out;
   for (auto m : resp.getModels()) {
     out.push_back(
@@ -430,7 +455,7 @@ std::vector<std::string> client::admin(const admin_params& p) {
   r.setSince(text(p.since));
   r.setUntil(text(p.until));
   r.setLimit(p.limit);
-  auto resp = impl_->wait(req.send());
+  auto resp = impl_->wait_answer(req.send(), "admin");
   if (resp.hasError()) throw_refusal(resp.getError());
   std::vector<std::string> out;
   for (auto l : resp.getLines()) out.push_back(str(l));
@@ -438,7 +463,7 @@ std::vector<std::string> client::admin(const admin_params& p) {
 }
 
 health_info client::health() {
-  auto resp = impl_->wait(impl_->connect().healthRequest().send());
+  auto resp = impl_->wait_answer(impl_->connect().healthRequest().send(), "health");
   auto h = resp.getHealth();
   health_info out;
   out.live = h.getLive();

@@ -127,6 +127,9 @@ struct client_options {
   std::uint64_t max_message_words = 8
                                     << 20;  // largest answer read, in 8-byte words. Default: 64 MiB
   std::int32_t connect_timeout_ms = 10000;  // Default: 10 s
+  // How long health, models, tokenize and admin wait for their answer (generations are not
+  // limited: they take as long as they take); 0 waits forever. Default: 30 s
+  std::int32_t call_timeout_ms = 30000;
   std::string api_key;                      // sent with every request that names none. Default: $SHOAL_API_KEY
 };
 
