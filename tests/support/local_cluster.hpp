@@ -177,6 +177,7 @@ class local_cluster {
 
   /// Stops one node the way an operator does (SIGTERM) and waits for it to exit.
   void stop_node(const std::string& node) {
+    if (pids_.at(node) <= 0) return;  // already reaped (never kill(-1, ...): that signals every process)
     ::kill(pids_.at(node), SIGTERM);
     int status = 0;
     ::waitpid(pids_.at(node), &status, 0);
@@ -185,6 +186,7 @@ class local_cluster {
 
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
+    if (pids_.at(node) <= 0) return;  // already reaped
     ::kill(pids_.at(node), SIGKILL);
     int status = 0;
     ::waitpid(pids_.at(node), &status, 0);
