@@ -320,15 +320,30 @@ BOOST_AUTO_TEST_CASE(tenant_over_its_limit_gets_429, *boost::unit_test::precondi
   BOOST_TEST(json::parse(models_list.body)["data"][0]["id"] == "m");
 }
 
-BOOST_AUTO_TEST_CASE(client_disconnect_cancels_the_stream) {
-  // A ~26M-parameter random model: 1,500 tokens take seconds, so the stream is surely running when
-  // the client goes away.
+// A client that goes away mid-generation cancels it: the generation ends as cancelled, not at its
+// 1,500th token. A streamed one with a plain close (noticed at the next token write); a
+// non-streamed one, which writes nothing until the end, when its connection is reset (a plain
+// close looks the same as a client half-closing after its request, which still wants the answer).
+void check_disconnect_cancels(bool streamed) {
+  // A ~26M-parameter random model: 1,500 tokens take seconds, so the generation is surely running
+  // when the client goes away.
   shoal::test::temp_dir models;
   auto made = shoal::test::run_shoal({"make-model", "--shape", "small", "--dtype", "bf16", "--out", models / "small"});
   BOOST_REQUIRE_MESSAGE(made.status == 0, made.err);
   local_cluster cl(models / "small", {{"main", {"router", "gateway", "worker"}, 1}}, {{"r0", {"main"}}});
   cl.wait_ready(90);
   const int port = cl.http_port();
+  auto metrics = [&] { return shoal::test::http_get("127.0.0.1", cl.metrics_port("main"), "/metrics").body; };
+  // The value of the first series of `name` whose line contains `with`, or -1.
+  auto series = [](const std::string& m, const std::string& name, const std::string& with) {
+    for (std::size_t pos = 0; (pos = m.find(name, pos)) != std::string::npos; ++pos) {
+      if (pos > 0 && m[pos - 1] != '\n') continue;
+      const auto eol = m.find('\n', pos);
+      const auto line = m.substr(pos, eol - pos);
+      if (line.find(with) != std::string::npos) return std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
+    }
+    return -1.0;
+  };
   {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
@@ -336,36 +351,37 @@ BOOST_AUTO_TEST_CASE(client_disconnect_cancels_the_stream) {
     addr.sin_port = htons(static_cast<std::uint16_t>(port));
     ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    const std::string body = R"({"prompt": "Once", "max_tokens": 1500, "ignore_eos": true, "stream": true})";
+    const std::string body = std::string(R"({"prompt": "Once", "max_tokens": 1500, "ignore_eos": true, "stream": )") +
+                             (streamed ? "true" : "false") + "}";
     const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
                             std::to_string(body.size()) + "\r\n\r\n" + body;
     BOOST_REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
-    // Read until the first token event, then hang up (a plain close, as a client that quits does).
-    std::string got;
-    char buf[4096];
-    while (got.find("\"text\"") == std::string::npos) {
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      BOOST_REQUIRE_MESSAGE(n > 0, "the stream ended before its first token: " << got);
-      got.append(buf, static_cast<std::size_t>(n));
+    if (streamed) {
+      // Read until the first token event, then hang up.
+      std::string got;
+      char buf[4096];
+      while (got.find("\"text\"") == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        BOOST_REQUIRE_MESSAGE(n > 0, "the stream ended before its first token: " << got);
+        got.append(buf, static_cast<std::size_t>(n));
+      }
+    } else {
+      // Nothing comes back before the end: reset the connection once the replica produces tokens.
+      wait_until([&] { return series(metrics(), "shoal:generation_tokens_total", "") > 0; }, 60,
+                 "the generation to start");
+      linger reset{1, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
     }
     ::close(fd);
   }
-  // The generation ends as cancelled (not at its 1,500th token): the replica's metrics say so.
-  auto cancelled = [&] {
-    auto m = shoal::test::http_get("127.0.0.1", cl.metrics_port("main"), "/metrics").body;
-    for (std::size_t pos = 0; (pos = m.find("shoal:request_success_total{", pos)) != std::string::npos; ++pos) {
-      const auto eol = m.find('\n', pos);
-      const auto line = m.substr(pos, eol - pos);
-      if (line.find("finished_reason=\"cancelled\"") != std::string::npos) {
-        return std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr) >= 1;
-      }
-    }
-    return false;
-  };
-  wait_until(cancelled, 60, "the stream's generation to end as cancelled");
-  auto length = shoal::test::http_get("127.0.0.1", cl.metrics_port("main"), "/metrics").body;
-  BOOST_TEST(length.find("finished_reason=\"length\"") == std::string::npos, "the generation ran to its end");
+  wait_until([&] { return series(metrics(), "shoal:request_success_total{", "finished_reason=\"cancelled\"") >= 1; }, 60,
+             "the generation to end as cancelled");
+  BOOST_TEST(metrics().find("finished_reason=\"length\"") == std::string::npos, "the generation ran to its end");
 }
+
+BOOST_AUTO_TEST_CASE(client_disconnect_cancels_the_stream) { check_disconnect_cancels(true); }
+
+BOOST_AUTO_TEST_CASE(client_reset_cancels_a_whole_answer) { check_disconnect_cancels(false); }
 
 // DeepSeek-V3's chat template through both doors: each reference rendering in
 // ../shared/tokenizers/deepseek-v3 (system prompts, Chinese, a tool call and its output) sent as
