@@ -41,6 +41,7 @@
 namespace {
 
 using namespace shoal::actors;
+using shoal::test::metric_value;
 using shoal::test::needs_shared;
 using shoal::test::shared_path;
 using clock_type = std::chrono::steady_clock;
@@ -198,22 +199,6 @@ void check_refused(F&& fn, shoal::errc code, const std::string& what) {
                                                << ", got " << shoal::to_string(e.code()) << " ("
                                                << e.what() << ")");
   }
-}
-
-double metric_value(const std::string& exposition, const std::string& series_prefix) {
-  double total = 0;
-  std::size_t pos = 0;
-  while ((pos = exposition.find(series_prefix, pos)) != std::string::npos) {
-    if (pos != 0 && exposition[pos - 1] != '\n') {
-      ++pos;
-      continue;
-    }
-    const auto eol = exposition.find('\n', pos);
-    const auto line = exposition.substr(pos, eol - pos);
-    total += std::atof(line.c_str() + line.rfind(' ') + 1);
-    pos = eol;
-  }
-  return total;
 }
 
 }  // namespace

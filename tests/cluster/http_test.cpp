@@ -334,16 +334,6 @@ void check_disconnect_cancels(bool streamed) {
   cl.wait_ready(90);
   const int port = cl.http_port();
   auto metrics = [&] { return shoal::test::http_get("127.0.0.1", cl.metrics_port("main"), "/metrics").body; };
-  // The value of the first series of `name` whose line contains `with`, or -1.
-  auto series = [](const std::string& m, const std::string& name, const std::string& with) {
-    for (std::size_t pos = 0; (pos = m.find(name, pos)) != std::string::npos; ++pos) {
-      if (pos > 0 && m[pos - 1] != '\n') continue;
-      const auto eol = m.find('\n', pos);
-      const auto line = m.substr(pos, eol - pos);
-      if (line.find(with) != std::string::npos) return std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
-    }
-    return -1.0;
-  };
   {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
@@ -367,14 +357,14 @@ void check_disconnect_cancels(bool streamed) {
       }
     } else {
       // Nothing comes back before the end: reset the connection once the replica produces tokens.
-      wait_until([&] { return series(metrics(), "shoal:generation_tokens_total", "") > 0; }, 60,
+      wait_until([&] { return shoal::test::metric_value(metrics(), "shoal:generation_tokens_total") > 0; }, 60,
                  "the generation to start");
       linger reset{1, 0};
       ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
     }
     ::close(fd);
   }
-  wait_until([&] { return series(metrics(), "shoal:request_success_total{", "finished_reason=\"cancelled\"") >= 1; }, 60,
+  wait_until([&] { return shoal::test::metric_value(metrics(), "shoal:request_success_total{finished_reason=\"cancelled\"") >= 1; }, 60,
              "the generation to end as cancelled");
   BOOST_TEST(metrics().find("finished_reason=\"length\"") == std::string::npos, "the generation ran to its end");
 }

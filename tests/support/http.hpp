@@ -147,4 +147,22 @@ inline http_response http_request(const std::string& host, std::int32_t port, co
   return http_raw(host, port, req);
 }
 
+/// The sum of the values of every series in a Prometheus text exposition whose line starts with
+/// `series_prefix` (a metric name, or a name with the first labels); 0 when there is none.
+inline double metric_value(const std::string& exposition, const std::string& series_prefix) {
+  double total = 0;
+  std::size_t pos = 0;
+  while ((pos = exposition.find(series_prefix, pos)) != std::string::npos) {
+    if (pos != 0 && exposition[pos - 1] != '\n') {
+      ++pos;
+      continue;
+    }
+    const auto eol = exposition.find('\n', pos);
+    const auto line = exposition.substr(pos, eol - pos);
+    total += std::atof(line.c_str() + line.rfind(' ') + 1);
+    pos = eol;
+  }
+  return total;
+}
+
 }  // namespace shoal::test

@@ -98,15 +98,7 @@ class local_cluster {
                 const std::string& extra_yaml = "", bool start_workers = true)
       : model_path_(model_path), nodes_(std::move(nodes)), replicas_(std::move(replicas)), extra_yaml_(extra_yaml) {
     write_config();
-    // Worker-only nodes first, like `shoal up`.
-    for (int pass = 0; pass < 2; ++pass) {
-      for (auto& n : nodes_) {
-        const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
-        if (router != (pass == 1)) continue;
-        if (!router && !start_workers) continue;
-        start(n.name);
-      }
-    }
+    start_in_order([&](const node_def& n) { return start_workers || is_router(n); });
   }
 
   ~local_cluster() {
@@ -227,75 +219,77 @@ class local_cluster {
     dir_.write("cluster.yaml", y);
   }
 
+  static bool is_router(const node_def& n) {
+    return std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
+  }
+
+  /// Starts the nodes `wanted` says: worker-only nodes first, routers last, like `shoal up`.
+  template <class Wanted>
+  void start_in_order(const Wanted& wanted) {
+    for (const bool routers : {false, true}) {
+      for (auto& n : nodes_) {
+        if (is_router(n) == routers && wanted(n)) start(n.name);
+      }
+    }
+  }
+
+  /// Notes how every node that has exited since the last look ended (in ended_), and forgets its pid.
+  void reap() {
+    for (auto& [name, pid] : pids_) {
+      int status = 0;
+      if (pid > 0 && ::waitpid(pid, &status, WNOHANG) == pid) {
+        ended_[name] = WIFEXITED(status)     ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                       : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                             : "stopped";
+        pid = -1;
+      }
+    }
+  }
+
+  std::string log_text(const std::string& node) const {
+    std::ifstream f(log(node));
+    std::stringstream text;
+    text << f.rdbuf();
+    return text.str();
+  }
+
   /// A port is only checked free when it is picked; something else on the host can take it before
   /// the node binds it. A node that exited saying it cannot listen gets the whole cluster restarted
   /// on fresh ports (at most three times), so such a race does not fail the test.
   void restart_if_a_port_was_taken() {
     if (port_restarts_ >= 3) return;
+    reap();
     bool taken = false;
-    for (auto& [name, pid] : pids_) {
-      if (pid <= 0) continue;
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) != pid) continue;
-      pid = -1;
-      ended_[name] = describe_exit(status);
-      std::ifstream f(log(name));
-      std::stringstream text;
-      text << f.rdbuf();
-      if (text.str().find("cannot listen") != std::string::npos) taken = true;
-    }
+    for (auto& [name, how] : ended_) taken = taken || log_text(name).find("cannot listen") != std::string::npos;
     if (!taken) return;
     ++port_restarts_;
-    std::vector<std::string> started;
-    for (auto& [name, pid] : pids_) started.push_back(name);
     for (auto& [name, pid] : pids_) {
-      if (pid > 0) ::kill(pid, SIGKILL);
-      if (pid > 0) ::waitpid(pid, nullptr, 0);
+      if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+      }
       pid = -1;
       std::rename(log(name).c_str(), (log(name) + ".port-race-" + std::to_string(port_restarts_)).c_str());
     }
     std::fprintf(stderr, "local_cluster: a node could not listen on its port; restarting on fresh ports\n");
     write_config();
     ended_.clear();
-    // Routers last, as at first start.
-    for (int pass = 0; pass < 2; ++pass) {
-      for (auto& n : nodes_) {
-        const bool router = std::find(n.roles.begin(), n.roles.end(), "router") != n.roles.end();
-        if (router != (pass == 1)) continue;
-        if (std::find(started.begin(), started.end(), n.name) != started.end()) start(n.name);
-      }
-    }
+    start_in_order([&](const node_def& n) { return pids_.count(n.name) > 0; });  // the ones started before
   }
 
-  static std::string describe_exit(int status) {
-    return WIFEXITED(status)     ? "exited with status " + std::to_string(WEXITSTATUS(status))
-           : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                 : "stopped";
-  }
-
-  /// Each node's process state and the end of its log: what a failed wait_ready needs to show.
+  /// Each node's process state and the end of its log: what a failed wait needs to show.
   std::string node_report() {
+    reap();
     std::string out;
     for (auto& [name, pid] : pids_) {
-      std::string state = ended_.count(name) ? ended_[name] : "not running";
-      if (pid > 0) {
-        int status = 0;
-        const pid_t r = ::waitpid(pid, &status, WNOHANG);
-        if (r == 0) {
-          state = "running (pid " + std::to_string(pid) + ")";
-        } else if (r == pid) {
-          state = describe_exit(status);
-          pid = -1;
-        }
-      }
+      const std::string state = pid > 0 ? "running (pid " + std::to_string(pid) + ")"
+                                : ended_.count(name) ? ended_[name]
+                                                     : "not running";
       out += "--- node " + name + ": " + state + "; last lines of " + log(name) + ":\n";
-      std::ifstream f(log(name));
+      std::istringstream text(log_text(name));
       std::vector<std::string> lines;
-      for (std::string l; std::getline(f, l);) {
-        lines.push_back(l);
-        if (lines.size() > 20) lines.erase(lines.begin());
-      }
-      for (auto& l : lines) out += "  " + l + "\n";
+      for (std::string l; std::getline(text, l);) lines.push_back(l);
+      for (std::size_t i = lines.size() > 20 ? lines.size() - 20 : 0; i < lines.size(); ++i) out += "  " + lines[i] + "\n";
     }
     return out;
   }

@@ -272,23 +272,19 @@ struct client::impl {
   T wait_answer(kj::Promise<T>&& p, const char* call) {
     if (opts.call_timeout_ms <= 0) return wait(kj::mv(p));
     bool timed_out = false;
-    auto limited = p.exclusiveJoin(tio->io.provider->getTimer()
-                                       .afterDelay(opts.call_timeout_ms * kj::MILLISECONDS)
-                                       .then([&timed_out]() -> T {
-                                         timed_out = true;
-                                         kj::throwFatalException(KJ_EXCEPTION(FAILED, "call timed out"));
-                                       }));
-    std::optional<T> out;
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { out.emplace(limited.wait(ws())); })) {
-      if (timed_out) {
-        disconnect();
-        throw error(errc::unavailable, "the Shoal gateway at " + where() + " did not answer '" + call + "' within " +
-                                           std::to_string(opts.call_timeout_ms) +
-                                           " ms (is that address a Shoal gateway's RPC port?)");
-      }
-      fail(*e);
+    auto timeout = tio->io.provider->getTimer().afterDelay(opts.call_timeout_ms * kj::MILLISECONDS).then([&timed_out]() -> T {
+      timed_out = true;
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "call timed out"));
+    });
+    try {
+      return wait(p.exclusiveJoin(kj::mv(timeout)));
+    } catch (const error&) {
+      if (!timed_out) throw;
+      disconnect();
+      throw error(errc::unavailable, "the Shoal gateway at " + where() + " did not answer '" + call + "' within " +
+                                         std::to_string(opts.call_timeout_ms) +
+                                         " ms (is that address a Shoal gateway's RPC port?)");
     }
-    return std::move(*out);
   }
 
   [[noreturn]] void fail(const kj::Exception& e) {
