@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Shoal builds and tests with, only those missing (idempotent).
-# Sourced by tools/check and tools/up.
+# Sourced by tools/check and tools/up. Each package is here because something uses it:
+#   build-essential cmake pkg-config ccache   the build (ccache: optional speed-up, used when present)
+#   libboost-test-dev                          the test suites (Boost.Test)
+#   nlohmann-json3-dev libcli11-dev            JSON everywhere; the shoal CLI's argument parsing
+#   libspdlog-dev libfmt-dev                   node logs (telemetry/log.hpp); spdlog formats with fmt
+#   libpcre2-dev libre2-dev                    tokenizer pre-tokenizer regexes; PII patterns (linear time)
+#   libcaf-dev                                 the actors and their remoting
+#   capnproto libcapnp-dev                     the RPC schema compiler and runtime, kj-http for HTTP
+#   librocksdb-dev libsodium-dev               the audit and answer-cache stores; sealed cache values
+#   prometheus-cpp-dev libyaml-cpp-dev         metrics; the cluster YAML
+# Node.js and npm (for the OpenAI SDK test) are not installed here: that test skips, saying so,
+# where `node` or `npm` is missing.
 
 SHOAL_DEBIAN_PACKAGES=(
   build-essential cmake pkg-config ccache
-  libboost-test-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev
-  libcaf-dev capnproto libcapnp-dev librocksdb-dev prometheus-cpp-dev libyaml-cpp-dev
-  libsodium-dev libre2-dev libxxhash-dev libopenblas-dev libdnnl-dev libgloo-dev libssl-dev
-  curl
+  libboost-test-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev libre2-dev
+  libcaf-dev capnproto libcapnp-dev librocksdb-dev libsodium-dev prometheus-cpp-dev libyaml-cpp-dev
 )
 
 shoal_install_deps() {
