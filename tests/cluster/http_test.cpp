@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/auth.hpp"
+#include "governance/auth.hpp"
 #include "tests/support/http.hpp"
 #include "tests/support/local_cluster.hpp"
 #include "tests/support/shared.hpp"
@@ -48,9 +48,9 @@ std::string tenants_yaml() {
   return "auth:\n  required: true\n"
          "tenants:\n"
          "  - name: alpha\n    domain: public\n    limits:\n      requests_per_minute: 3\n"
-         "    keys:\n      - id: alpha-1\n        sha256: " + shoal::actors::sha256_hex("key-alpha") + "\n"
+         "    keys:\n      - id: alpha-1\n        sha256: " + shoal::governance::sha256_hex("key-alpha") + "\n"
          "  - name: beta\n    domain: business\n"
-         "    keys:\n      - id: beta-1\n        role: service\n        sha256: " + shoal::actors::sha256_hex("key-beta") + "\n";
+         "    keys:\n      - id: beta-1\n        role: service\n        sha256: " + shoal::governance::sha256_hex("key-beta") + "\n";
 }
 
 http_response post(int port, const std::string& path, const json& body, const std::string& key = "key-beta") {
@@ -81,7 +81,25 @@ void wait_until(const std::function<bool()>& ok, int timeout_s, const std::strin
 
 BOOST_AUTO_TEST_SUITE(http)
 
-BOOST_AUTO_TEST_CASE(openai_npm_package, *boost::unit_test::precondition(needs_shared{kStories})) {
+// Boost.Test precondition: Node.js and npm are on PATH (tools/deps.sh does not install them).
+struct needs_node {
+  boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+    auto on_path = [](const std::string& exe) {
+      const char* path = std::getenv("PATH");
+      std::stringstream dirs(path ? path : "");
+      for (std::string d; std::getline(dirs, d, ':');) {
+        if (!d.empty() && ::access((d + "/" + exe).c_str(), X_OK) == 0) return true;
+      }
+      return false;
+    };
+    boost::test_tools::assertion_result r(on_path("node") && on_path("npm"));
+    if (!r) r.message() << "Node.js and npm are not on PATH (the openai npm package needs them)";
+    return r;
+  }
+};
+
+BOOST_AUTO_TEST_CASE(openai_npm_package, *boost::unit_test::precondition(needs_shared{kStories}) *
+                                             boost::unit_test::precondition(needs_node{})) {
   namespace fs = std::filesystem;
   // The package is installed once per build tree, pinned.
   const std::string npm_dir = std::string(SHOAL_BIN_DIR) + "/../test-npm/openai-" + kOpenaiVersion;

@@ -33,6 +33,7 @@
 #include "engine/model/safetensors.hpp"
 #include "engine/runner/generate.hpp"
 #include "tests/support/shared.hpp"
+#include "tests/support/compare.hpp"
 
 using shoal::test::needs_shared;
 using shoal::test::read_json;
@@ -359,7 +360,7 @@ run_output run_greedy(const shoal::model& m, const std::vector<std::int32_t>& pr
 
 float max_abs_diff(const std::vector<float>& a, const vec& b) {
   float worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, static_cast<float>(std::fabs(a[i] - b[i])));
+  for (std::size_t i = 0; i < a.size(); ++i) worst = shoal::test::worse(worst, a[i] - b[i]);
   return worst;
 }
 
@@ -429,7 +430,7 @@ void check_parallel(const shoal::model& m, const std::vector<std::int32_t>& prom
           BOOST_REQUIRE(outs[r].logits.count(pos));
           const auto& got = outs[r].logits[pos];
           BOOST_REQUIRE_EQUAL(got.size(), row.size());
-          for (std::size_t i = 0; i < row.size(); ++i) worst = std::max(worst, std::fabs(got[i] - row[i]));
+          for (std::size_t i = 0; i < row.size(); ++i) worst = shoal::test::worse(worst, got[i] - row[i]);
         }
         BOOST_TEST_MESSAGE(shoal::to_string(mode) << " world " << world << " rank " << r
                                                   << ": max |logit - single runner| " << worst);
@@ -472,7 +473,7 @@ void check_goldens(const shoal::model& m, bool fast, shoal::mla_path path = shoa
       auto full = g["last_prompt_logits"].get<std::vector<float>>();
       BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
       float worst = 0;
-      for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
+      for (std::size_t i = 0; i < full.size(); ++i) worst = shoal::test::worse(worst, out.logits[last][i] - full[i]);
       BOOST_TEST_MESSAGE(name << " " << variant << ": last prompt position max |logit error| " << worst);
       BOOST_TEST(worst <= 1e-3f);
       for (auto& at : g["logits_top10_at"]) {
@@ -618,7 +619,7 @@ BOOST_AUTO_TEST_CASE(fp8_quantized_tiny, *boost::unit_test::precondition(needs_s
       shoal::kernels::dequantize_row(b.m, r, rb.data());
       for (std::int64_t c = 0; c < a.m.cols; ++c) {
         const double bound = std::max(std::fabs(ra[c]) / 16.0, std::ldexp(static_cast<double>(b.m.scales[r * b.m.scale_stride + c / 128]), -10));
-        worst = std::max(worst, std::fabs(ra[c] - rb[c]) / bound);
+        worst = shoal::test::worse(worst, (ra[c] - rb[c]) / bound);
       }
     }
     BOOST_TEST(worst <= 1.0 + 1e-5, b.name << " error / half-step bound " << worst << " (scale " << scale << ")");
@@ -660,7 +661,7 @@ agreement measure_agreement(const shoal::model& f32, const shoal::model& other,
       r.agree += argmax(a[pos]) == argmax(b[pos]);
       for (std::size_t i = 0; i < a[pos].size(); ++i) {
         const double e = std::fabs(a[pos][i] - b[pos][i]);
-        r.worst = std::max(r.worst, e);
+        r.worst = shoal::test::worse(r.worst, e);
         sum_err += e;
         sum_mag += std::fabs(a[pos][i]);
       }
@@ -1131,7 +1132,7 @@ BOOST_AUTO_TEST_CASE(gguf_deepseek2_v2_from_make_model) {
   BOOST_TEST(got.result.generated_ids == want.result.generated_ids, boost::test_tools::per_element());
   float worst = 0;
   for (auto& [pos, row] : want.logits)
-    for (std::size_t i = 0; i < row.size(); ++i) worst = std::max(worst, std::fabs(got.logits[pos][i] - row[i]));
+    for (std::size_t i = 0; i < row.size(); ++i) worst = shoal::test::worse(worst, got.logits[pos][i] - row[i]);
   BOOST_TEST_MESSAGE("v2 gguf f32 vs hf: max |logit error| " << worst);
   BOOST_TEST(worst <= 1e-4f);
   // Q8_0 along the F32 model's own continuation.

@@ -8,6 +8,7 @@
 #include "engine/model/model.hpp"
 #include "engine/runner/generate.hpp"
 #include "tests/support/shared.hpp"
+#include "tests/support/compare.hpp"
 
 using shoal::test::needs_shared;
 using shoal::test::read_json;
@@ -63,7 +64,7 @@ void check_stories(const std::string& model_rel, bool fast) {
         auto want = la["logits"].get<std::vector<float>>();
         BOOST_REQUIRE_EQUAL(got.size(), want.size());
         float worst = 0;
-        for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+        for (std::size_t i = 0; i < want.size(); ++i) worst = shoal::test::worse(worst, got[i] - want[i]);
         BOOST_TEST(worst <= 1e-4f, "position " << pos << " max |logit error| " << worst);
       }
       ++checked;
@@ -90,7 +91,7 @@ void check_qwen2(const std::string& model_rel, bool fast) {
       auto full = g["last_prompt_logits"].get<std::vector<float>>();
       BOOST_REQUIRE_EQUAL(out.logits[last].size(), full.size());
       float worst = 0;
-      for (std::size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(out.logits[last][i] - full[i]));
+      for (std::size_t i = 0; i < full.size(); ++i) worst = shoal::test::worse(worst, out.logits[last][i] - full[i]);
       BOOST_TEST(worst <= 1e-3f, "last prompt position max |logit error| " << worst);
       for (auto& at : g["logits_top10_at"]) {
         const std::int32_t pos = at["position"];

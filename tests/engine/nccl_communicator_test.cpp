@@ -1,7 +1,8 @@
 // NCCL all-reduce on real GPUs (CTest label `gpu`): one rank per device, each in its own thread,
 // sums of several sizes match the sum computed here. NCCL refuses two ranks on one device, so with
 // one GPU this is a world of 1 (the full module path: id, init, copies, ncclAllReduce, destroy).
-// Without a usable GPU every case is skipped with the reason (nccl_available).
+// Without a usable GPU every case is skipped with the reason (nccl_available), and CTest reports it
+// as skipped.
 
 #include <boost/test/unit_test.hpp>
 #include <cmath>
@@ -11,17 +12,19 @@
 
 #include "engine/comm/nccl_communicator.hpp"
 #include "engine/common/error.hpp"
+#include "tests/support/compare.hpp"
 
 namespace {
 
-// The skip: without a usable GPU the case passes at once, saying why (visible with
-// --log_level=message, which CTest passes).
-bool gpu_answers() {
-  std::string why;
-  if (shoal::nccl_available(why)) return true;
-  BOOST_TEST_MESSAGE("SKIPPED (no GPU for NCCL here): " << why);
-  return false;
-}
+// Boost.Test precondition: the case is skipped, saying why, without a GPU NCCL can use.
+struct needs_gpu {
+  boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+    std::string why;
+    boost::test_tools::assertion_result r(shoal::nccl_available(why));
+    if (!r) r.message() << "no GPU for NCCL here: " << why;
+    return r;
+  }
+};
 
 std::vector<std::unique_ptr<shoal::nccl_communicator>> make_world(int world) {
   const std::string id = shoal::nccl_unique_id();  // rank 0 makes it; the others receive it
@@ -70,7 +73,7 @@ void check_sums(int world) {
     for (int r = 0; r < world; ++r) BOOST_REQUIRE_MESSAGE(errors[r].empty(), errors[r]);
     double worst = 0;
     for (int r = 0; r < world; ++r) {
-      for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(data[r][i] - want[i]));
+      for (std::size_t i = 0; i < n; ++i) worst = shoal::test::worse(worst, data[r][i] - want[i]);
     }
     BOOST_TEST_MESSAGE("world " << world << " n " << n << " max |error| " << worst);
     BOOST_TEST(worst < 1e-5 * world);
@@ -82,15 +85,13 @@ void check_sums(int world) {
 
 BOOST_AUTO_TEST_SUITE(nccl_communicator)
 
-BOOST_AUTO_TEST_CASE(sums_match_one_rank_per_device) {
-  if (!gpu_answers()) return;
+BOOST_AUTO_TEST_CASE(sums_match_one_rank_per_device, *boost::unit_test::precondition(needs_gpu{})) {
   const int world = std::min(4, shoal::nccl_device_count());
   BOOST_TEST_MESSAGE("NCCL world of " << world << " rank(s), one per device");
   check_sums(world);
 }
 
-BOOST_AUTO_TEST_CASE(bad_unique_id_is_an_error) {
-  if (!gpu_answers()) return;
+BOOST_AUTO_TEST_CASE(bad_unique_id_is_an_error, *boost::unit_test::precondition(needs_gpu{})) {
   BOOST_CHECK_THROW(shoal::nccl_communicator(0, 1, "not-hex"), shoal::error);
   BOOST_CHECK_THROW(shoal::nccl_communicator(2, 2, shoal::nccl_unique_id()), shoal::error);
 }

@@ -19,6 +19,7 @@
 #include "engine/runner/generate.hpp"
 #include "tests/support/shared.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/compare.hpp"
 
 namespace fs = std::filesystem;
 using shoal::test::needs_shared;
@@ -337,7 +338,7 @@ BOOST_AUTO_TEST_CASE(k_quant_gguf_runs_like_the_reference,
       for (std::size_t i = 0; i < lr.size(); ++i) {
         BOOST_REQUIRE(std::isfinite(lf[i]));
         spread = std::max(spread, std::fabs(double(lr[i])));
-        worst = std::max(worst, std::fabs(double(lf[i]) - lr[i]));
+        worst = shoal::test::worse(worst, double(lf[i]) - lr[i]);
       }
       BOOST_TEST_MESSAGE(shoal::to_string(t)
                          << (decode ? " decode" : " prefill") << ": max |logit diff| " << worst

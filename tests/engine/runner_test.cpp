@@ -11,6 +11,7 @@
 #include "engine/model/model.hpp"
 #include "engine/runner/model_runner.hpp"
 #include "tests/support/shared.hpp"
+#include "tests/support/compare.hpp"
 
 using shoal::test::needs_shared;
 using shoal::test::shared_path;
@@ -44,7 +45,7 @@ std::vector<float> prefill_logits(shoal::model_runner& r, const std::vector<std:
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   BOOST_REQUIRE_EQUAL(a.size(), b.size());
   float worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  for (std::size_t i = 0; i < a.size(); ++i) worst = shoal::test::worse(worst, a[i] - b[i]);
   return worst;
 }
 

@@ -8,6 +8,7 @@
 
 #include "engine/comm/tcp_communicator.hpp"
 #include "engine/common/error.hpp"
+#include "tests/support/compare.hpp"
 
 namespace {
 
@@ -46,7 +47,7 @@ BOOST_AUTO_TEST_CASE(sums_match_for_world_sizes) {
       for (int r = 0; r < world; ++r) ts.emplace_back([&, r] { comms[r]->all_reduce_sum(data[r].data(), n); });
       for (auto& t : ts) t.join();
       float worst = 0;
-      for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, static_cast<float>(std::fabs(data[0][i] - want[i])));
+      for (std::size_t i = 0; i < n; ++i) worst = shoal::test::worse(worst, data[0][i] - want[i]);
       BOOST_TEST(worst <= 1e-5f, "world " << world << " n " << n);
       for (int r = 1; r < world; ++r) BOOST_TEST((data[r] == data[0]), "rank " << r << " differs from rank 0");
     }

@@ -9,6 +9,7 @@
 #include "kernels/backend.hpp"
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul_kernels.hpp"
+#include "tests/support/compare.hpp"
 
 using namespace shoal;
 using namespace shoal::kernels;
@@ -56,7 +57,7 @@ void check_close(const matrix& w, const std::vector<float>& x, std::int64_t n, c
       float mag = 0;
       for (std::int64_t c = 0; c < w.cols; ++c) mag += std::fabs(row[c] * x[t * w.cols + c]);
       const float err = std::fabs(got[t * w.rows + r] - want[t * w.rows + r]) / std::max(mag, 1e-6f);
-      worst = std::max(worst, err);
+      worst = shoal::test::worse(worst, err);
     }
   }
   BOOST_TEST(worst <= rel_tol, what << ": worst relative error " << worst);

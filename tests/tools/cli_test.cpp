@@ -8,6 +8,7 @@
 #include "tests/support/process.hpp"
 #include "tests/support/shared.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/compare.hpp"
 
 using shoal::test::needs_shared;
 using shoal::test::read_json;
@@ -73,7 +74,7 @@ BOOST_AUTO_TEST_CASE(dump_logits_matches_golden, *boost::unit_test::precondition
       BOOST_TEST(got["input_token"] == want["input_token"]);
       float worst = 0;
       for (std::size_t i = 0; i < want["logits"].size(); ++i) {
-        worst = std::max(worst, std::fabs(got["logits"][i].get<float>() - want["logits"][i].get<float>()));
+        worst = shoal::test::worse(worst, got["logits"][i].get<float>() - want["logits"][i].get<float>());
       }
       BOOST_TEST(worst <= 1e-4f);
     }
