@@ -4,10 +4,13 @@
 
 #include <memory>
 
-#include "actors/audit_log.hpp"
+#include "governance/audit_log.hpp"
 #include "engine/common/error.hpp"
 
 namespace shoal::actors {
+
+using governance::audit_filter;
+using governance::audit_log;
 
 namespace {
 

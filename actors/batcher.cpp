@@ -4,7 +4,7 @@
 #include <map>
 #include <set>
 
-#include "actors/metrics.hpp"
+#include "telemetry/metrics.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
 #include "engine/runner/generate.hpp"
@@ -12,6 +12,8 @@
 #include "engine/sched/scheduler.hpp"
 
 namespace shoal::actors {
+
+using telemetry::serving_metrics;
 
 namespace {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/cluster_config.hpp"
+#include "config/cluster_config.hpp"
 #include "actors/messages.hpp"
 #include "actors/node_manager.hpp"
 
@@ -18,6 +18,9 @@ class Registry;
 }
 
 namespace shoal::actors {
+
+using config::model_spec;
+using config::replica_spec;
 
 using batcher_actor = caf::typed_actor<
     caf::replies_to<generate_atom, generate_request>::with<submit_result>,

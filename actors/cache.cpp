@@ -1,16 +1,21 @@
 #include "actors/cache.hpp"
+#include "telemetry/log.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 
 #include <chrono>
-#include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "actors/answer_cache.hpp"
+#include "governance/answer_cache.hpp"
 #include "engine/common/error.hpp"
 
 namespace shoal::actors {
+
+using governance::answer_cache;
+using governance::cached_answer;
+using governance::cached_answer_from_json;
+using governance::to_json_text;
 
 namespace {
 
@@ -70,7 +75,7 @@ cache_actor::behavior_type cache(cache_actor::stateful_pointer<cache_state> self
           a = st.store->get(tenant, key, now_seconds());
         } catch (const error& e) {
           // A damaged entry is a miss (and said once in the log), never a wrong answer.
-          std::cerr << "shoal cache: " << e.what() << std::endl;
+          log::error("cache: {}", e.what());
         }
         if (st.metrics) (a ? st.metrics->hits : st.metrics->misses).Add({{"domain", domain}}).Increment();
         if (!a) return {};
@@ -88,7 +93,7 @@ cache_actor::behavior_type cache(cache_actor::stateful_pointer<cache_state> self
             if (evicted) st.metrics->evictions.Add({{"domain", domain}}).Increment(static_cast<double>(evicted));
           }
         } catch (const error& e) {
-          std::cerr << "shoal cache: " << e.what() << std::endl;
+          log::error("cache: {}", e.what());
         }
         st.update_sizes();
       },

@@ -11,10 +11,12 @@
 #include <memory>
 #include <string>
 
-#include "actors/governance.hpp"
+#include "governance/settings.hpp"
 #include "actors/messages.hpp"
 
 namespace shoal::actors {
+
+using governance::cache_spec;
 
 using cache_actor = caf::typed_actor<
     // tenant, key, domain -> answer JSON or "" (miss)

@@ -3,6 +3,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "actors/gateway.hpp"
+#include "telemetry/log.hpp"
 
 #include <kj/compat/http.h>
 
@@ -15,7 +16,6 @@
 #include <deque>
 #include <functional>
 #include <future>
-#include <iostream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -25,8 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/front_door.hpp"
-#include "actors/http_gateway.hpp"
+#include "server/front_door.hpp"
+#include "server/http_gateway.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
 #include "engine/tokenizer/chat_template.hpp"
@@ -199,9 +199,9 @@ class gateway_loop : public kj::TaskSet::ErrorHandler, public front_door {
       try {
         t();
       } catch (const std::exception& e) {
-        std::cerr << "shoal gateway: " << e.what() << std::endl;
+        log::error("gateway: {}", e.what());
       } catch (const kj::Exception& e) {
-        std::cerr << "shoal gateway: " << e.getDescription().cStr() << std::endl;
+        log::error("gateway: {}", e.getDescription().cStr());
       }
     }
     // Yield to I/O between batches.
@@ -542,7 +542,7 @@ class gateway_loop : public kj::TaskSet::ErrorHandler, public front_door {
   }
 
   void taskFailed(kj::Exception&& e) override {
-    std::cerr << "shoal gateway: " << e.getDescription().cStr() << std::endl;
+    log::error("gateway: {}", e.getDescription().cStr());
   }
 
   caf::actor_system& sys_;
@@ -932,7 +932,7 @@ struct connection {
 
 class connection_errors : public kj::TaskSet::ErrorHandler {
   void taskFailed(kj::Exception&& e) override {
-    std::cerr << "shoal gateway: connection: " << e.getDescription().cStr() << std::endl;
+    log::error("gateway: connection: {}", e.getDescription().cStr());
   }
 };
 
@@ -1018,7 +1018,7 @@ class gateway_impl final : public gateway_server {
         };
         kj::TaskSet connections(errors);
         auto inbox_task = loop.drain_inbox().eagerlyEvaluate([](kj::Exception&& e) {
-          std::cerr << "shoal gateway: inbox: " << e.getDescription().cStr() << std::endl;
+          log::error("gateway: inbox: {}", e.getDescription().cStr());
         });
         auto accepting =
             accept_loop(*listener, bootstrap, limits, connections, io.provider->getTimer());
@@ -1048,9 +1048,9 @@ class gateway_impl final : public gateway_server {
       try {
         throw;
       } catch (const kj::Exception& e) {
-        std::cerr << "shoal gateway: event loop failed: " << e.getDescription().cStr() << std::endl;
+        log::error("gateway: event loop failed: {}", e.getDescription().cStr());
       } catch (const std::exception& e) {
-        std::cerr << "shoal gateway: event loop failed: " << e.what() << std::endl;
+        log::error("gateway: event loop failed: {}", e.what());
       }
     }
   }
@@ -1071,7 +1071,7 @@ class gateway_impl final : public gateway_server {
             },
             [t = &timer](kj::Exception&& e) -> kj::Promise<void> {
               // Out of file descriptors and the like: say so, and try again shortly.
-              std::cerr << "shoal gateway: accept: " << e.getDescription().cStr() << std::endl;
+              log::error("gateway: accept: {}", e.getDescription().cStr());
               return t->afterDelay(100 * kj::MILLISECONDS);
             })
         .then([this, l = &listener, bootstrap, limits, conns = &connections, t = &timer]() mutable {

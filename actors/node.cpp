@@ -7,21 +7,28 @@
 
 #include <atomic>
 #include <filesystem>
-#include <iostream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "actors/batcher.hpp"
-#include "actors/cluster_config.hpp"
+#include "config/cluster_config.hpp"
 #include "actors/gateway.hpp"
 #include "actors/messages.hpp"
-#include "actors/metrics_server.hpp"
+#include "telemetry/log.hpp"
+#include "telemetry/metrics_server.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/router.hpp"
 #include "engine/common/error.hpp"
 
 namespace shoal::actors {
+
+using config::cluster_config;
+using config::node_spec;
+using config::replica_spec;
+using governance::resolve_data_path;
+using telemetry::metrics_server;
+using telemetry::start_metrics_server;
 
 namespace {
 
@@ -64,7 +71,7 @@ void launch_replica(caf::actor_system& sys, const cluster_config& cfg, const rep
         s.kind = spec.kind;
         s.detail = "worker node '" + name + "' at " + node.host + ":" + std::to_string(node.port) + " is unreachable";
         caf::anon_send(router, stats_atom::value, s);
-        std::cerr << "shoal node: replica " << spec.name << ": " << s.detail << std::endl;
+        log::error("replica {}: {}", spec.name, s.detail);
         return;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -87,6 +94,7 @@ int run_node(const node_run_options& o) {
   }
   const node_spec* node = cfg.find_node(o.node_name);
   if (!node) throw error(errc::invalid_argument, o.config_path + ": no node named '" + o.node_name + "'");
+  telemetry::init_logging(node->name, o.log_level.empty() ? telemetry::default_log_level() : o.log_level);
 
   // Signals go to sigwait() below, not to arbitrary threads: block them before any thread starts.
   sigset_t signals;
@@ -116,7 +124,7 @@ int run_node(const node_run_options& o) {
     throw error(errc::unavailable, "node '" + node->name + "' cannot listen on " + node->host + ":" +
                                        std::to_string(node->port) + ": " + sys.render(published.error()));
   }
-  std::cout << "shoal node " << node->name << ": actors on " << node->host << ":" << *published << std::endl;
+  log::info("actors on {}:{}", node->host, *published);
 
   std::unique_ptr<metrics_server> metrics;
   router_actor router;
@@ -143,8 +151,7 @@ int run_node(const node_run_options& o) {
   try {
     if (node->metrics_port > 0) {
       metrics = start_metrics_server(node->host, node->metrics_port, registry);
-      std::cout << "shoal node " << node->name << ": metrics on http://" << node->host << ":" << metrics->port() << "/metrics"
-                << std::endl;
+      log::info("metrics on http://{}:{}/metrics", node->host, metrics->port());
     }
 
     if (node->has_role("router")) {
@@ -174,13 +181,12 @@ int run_node(const node_run_options& o) {
                 },
                 [&](caf::error& e) { throw error(errc::unavailable, "audit store: " + sys.render(e)); });
       }
-      std::cout << "shoal node " << node->name << ": audit store " << audit_path << " (" << ro.blocked.size()
-                << " blocked principals)" << std::endl;
+      log::info("audit store {} ({} blocked principals)", audit_path, ro.blocked.size());
       if (gov.cache.enabled) {
         const auto cache_path = resolve_data_path(data_dir, gov.cache.path);
         cache = spawn_cache(sys, cache_path, gov.cache, registry);
         ro.cache = cache;
-        std::cout << "shoal node " << node->name << ": answer cache " << cache_path << std::endl;
+        log::info("answer cache {}", cache_path);
       }
       router = spawn_router(sys, std::move(ro));
       for (const auto& spec : cfg.replicas) {
@@ -195,12 +201,8 @@ int run_node(const node_run_options& o) {
         go.http = node->http_port > 0;
         go.http_port = node->http_port;
         gateway = start_gateway(sys, router, go);
-        std::cout << "shoal node " << node->name << ": Cap'n Proto RPC on " << node->host << ":" << gateway->port()
-                  << std::endl;
-        if (go.http) {
-          std::cout << "shoal node " << node->name << ": OpenAI-compatible HTTP on http://" << node->host << ":"
-                    << gateway->http_port() << "/v1" << std::endl;
-        }
+        log::info("Cap'n Proto RPC on {}:{}", node->host, gateway->port());
+        if (go.http) log::info("OpenAI-compatible HTTP on http://{}:{}/v1", node->host, gateway->http_port());
       }
     }
   } catch (...) {
@@ -210,7 +212,7 @@ int run_node(const node_run_options& o) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::cout << "shoal node " << node->name << ": stopping (signal " << sig << ")" << std::endl;
+  log::info("stopping (signal {})", sig);
   shutdown();
   return 0;
 }

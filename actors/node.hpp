@@ -13,6 +13,7 @@ struct node_run_options {
   std::string model_override;  // replaces every model path in the config (e.g. $SHOAL_MODEL)
   int connect_timeout_s = 60;  // how long the router waits for worker nodes to come up
   std::string data_dir;        // answer cache and audit store (router node). Default: shoal-data/<node>
+  std::string log_level;       // trace | debug | info | warn | error | off. Default: $SHOAL_LOG_LEVEL, else info
 };
 
 /// Runs until SIGINT or SIGTERM; returns the process exit status. Throws shoal::error for a bad

@@ -1,4 +1,5 @@
 #include "actors/router.hpp"
+#include "telemetry/log.hpp"
 
 #include <prometheus/counter.h>
 
@@ -7,18 +8,31 @@
 #include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <iostream>
 #include <optional>
 #include <set>
 
-#include "actors/alerts.hpp"
-#include "actors/answer_cache.hpp"
-#include "actors/audit_log.hpp"
+#include "governance/alerts.hpp"
+#include "governance/answer_cache.hpp"
+#include "governance/audit_log.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
-#include "engine/privacy/pii.hpp"
+#include "governance/pii.hpp"
 
 namespace shoal::actors {
+
+using governance::alert_engine;
+using governance::alert_trip;
+using governance::authenticator;
+using governance::cache_key;
+using governance::cache_key_fields;
+using governance::cached_answer;
+using governance::cached_answer_from_json;
+using governance::model_fingerprint;
+using governance::principal;
+using governance::rate_limiter;
+using governance::sha256_hex;
+using governance::to_json_text;
+using governance::utc_now_iso;
 
 namespace {
 
@@ -35,7 +49,7 @@ struct router_state {
   router_options opts;
   std::unique_ptr<authenticator> auth;
   std::unique_ptr<rate_limiter> limiter;
-  std::shared_ptr<const privacy::masker> masker;
+  std::shared_ptr<const governance::masker> masker;
   std::unique_ptr<alert_engine> alerts;
   std::map<std::string, std::string> blocked;        // "tenant/key id" -> why
   std::map<std::string, std::string> model_versions;  // model name -> weights fingerprint
@@ -83,7 +97,7 @@ struct request_context {
   std::string cache_key;       // "" = not cacheable
   std::string tenant, who, domain;
   bool encrypt = false;
-  std::shared_ptr<const privacy::masker> masker;
+  std::shared_ptr<const governance::masker> masker;
   auditor_actor auditor;
   cache_actor cache;
 };
@@ -271,7 +285,7 @@ void audit_async(self_ptr self, json rec, const std::string& status, const std::
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
-              std::cerr << "shoal router: audit write failed: " << self->system().render(e) << std::endl;
+              log::error("router: audit write failed: {}", self->system().render(e));
             });
 }
 
@@ -282,7 +296,7 @@ void block(self_ptr self, const principal& who, const alert_trip& trip) {
   if (st.blocked.count(key)) return;
   st.blocked[key] = "rule '" + trip.rule + "': " + trip.detail;
   if (st.blocks_metric) st.blocks_metric->Add({{"rule", trip.rule}, {"tenant", who.tenant}}).Increment();
-  std::cerr << "shoal router: blocked principal " << key << " (" << st.blocked[key] << ")" << std::endl;
+  log::warn("router: blocked principal {} ({})", key, st.blocked[key]);
   if (!st.opts.auditor) return;
   json info{{"tenant", who.tenant}, {"rule", trip.rule}, {"detail", trip.detail},
             {"since", utc_now_iso()}};
@@ -294,7 +308,7 @@ void block(self_ptr self, const principal& who, const alert_trip& trip) {
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
-              std::cerr << "shoal router: persisting the block failed: " << self->system().render(e) << std::endl;
+              log::error("router: persisting the block failed: {}", self->system().render(e));
             });
 }
 
@@ -310,7 +324,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
   st0.opts = std::move(opts);
   st0.auth = std::make_unique<authenticator>(st0.opts.config.auth);
   st0.limiter = std::make_unique<rate_limiter>(st0.opts.config.auth);
-  st0.masker = std::make_shared<const privacy::masker>(st0.opts.config.governance.pii);
+  st0.masker = std::make_shared<const governance::masker>(st0.opts.config.governance.pii);
   st0.alerts = std::make_unique<alert_engine>(st0.opts.config.governance.alerts);
   st0.blocked = st0.opts.blocked;
   for (const auto& m : st0.opts.config.models) st0.model_versions[m.name] = model_fingerprint(m.path);

@@ -21,10 +21,12 @@
 #include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
 #include "actors/cache.hpp"
-#include "actors/cluster_config.hpp"
+#include "config/cluster_config.hpp"
 #include "actors/messages.hpp"
 
 namespace shoal::actors {
+
+using config::cluster_config;
 
 using router_actor = caf::typed_actor<
     caf::replies_to<generate_atom, generate_request>::with<submit_result>,

@@ -21,7 +21,7 @@
 #include "engine/model/gguf_writer.hpp"
 #include "engine/model/model.hpp"
 #include "engine/model/safetensors.hpp"
-#include "kernels/cpu/quantize.hpp"
+#include "kernels/quantize.hpp"
 
 namespace fs = std::filesystem;
 
@@ -64,10 +64,10 @@ void convert_row(const kernels::matrix& src, std::int64_t r, dtype target, std::
       }
       break;
     case dtype::q8_0:
-      kernels::cpu::quantize_row_q8_0(tmp.data(), cols, out);
+      kernels::quantize_row_q8_0(tmp.data(), cols, out);
       break;
     case dtype::q4_0:
-      kernels::cpu::quantize_row_q4_0(tmp.data(), cols, out);
+      kernels::quantize_row_q4_0(tmp.data(), cols, out);
       break;
     default:
       throw error(errc::internal,
@@ -202,9 +202,9 @@ void write_hf(const job& a, const model& m) {
            for (std::int64_t r = 0; r < w.rows; ++r) {
              kernels::dequantize_row(w, r, row.data());
              if (int4) {
-               kernels::cpu::quantize_row_i4(row.data(), w.cols, G, q.data(), scales.data());
+               kernels::quantize_row_i4(row.data(), w.cols, G, q.data(), scales.data());
              } else {
-               scales[0] = kernels::cpu::quantize_row_i8(row.data(), w.cols,
+               scales[0] = kernels::quantize_row_i8(row.data(), w.cols,
                                                          reinterpret_cast<std::int8_t*>(q.data()));
              }
              std::memcpy(out.data() + r * per_row * 4, scales.data(),
@@ -222,10 +222,10 @@ void write_hf(const job& a, const model& m) {
                            kernels::dequantize_row(w, r, row.data());
                            std::uint8_t* dst = out.data() + r * rb;
                            if (int4)
-                             kernels::cpu::quantize_row_i4(row.data(), w.cols, G, dst,
+                             kernels::quantize_row_i4(row.data(), w.cols, G, dst,
                                                            scales.data());
                            else
-                             kernels::cpu::quantize_row_i8(row.data(), w.cols,
+                             kernels::quantize_row_i8(row.data(), w.cols,
                                                            reinterpret_cast<std::int8_t*>(dst));
                          }
                        }});

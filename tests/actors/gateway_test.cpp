@@ -27,8 +27,8 @@
 #include "actors/batcher.hpp"
 #include "actors/gateway.hpp"
 #include "actors/messages.hpp"
-#include "actors/metrics.hpp"
-#include "actors/metrics_server.hpp"
+#include "telemetry/metrics.hpp"
+#include "telemetry/metrics_server.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/router.hpp"
 #include "engine/model/model_info.hpp"
@@ -41,6 +41,9 @@
 namespace {
 
 using namespace shoal::actors;
+using shoal::config::node_spec;
+using shoal::telemetry::render_metrics;
+using shoal::telemetry::start_metrics_server;
 using shoal::test::metric_value;
 using shoal::test::needs_shared;
 using shoal::test::shared_path;

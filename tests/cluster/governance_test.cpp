@@ -15,8 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/audit_log.hpp"
-#include "actors/auth.hpp"
+#include "governance/audit_log.hpp"
+#include "governance/auth.hpp"
 #include "tests/support/http.hpp"
 #include "tests/support/local_cluster.hpp"
 #include "tests/support/process.hpp"
@@ -38,7 +38,7 @@ const char* kSecret = "sk-secret-0123456789";
 const char* kAdmin = "sk-admin-0123456789";
 
 std::string key_entry(const char* id, const char* key, const char* role = "user") {
-  return "      - {id: " + std::string(id) + ", role: " + role + ", sha256: " + shoal::actors::sha256_hex(key) + "}\n";
+  return "      - {id: " + std::string(id) + ", role: " + role + ", sha256: " + shoal::governance::sha256_hex(key) + "}\n";
 }
 
 // Five tenants: alpha and beta (public), gamma (business), secret (sensitive, cached encrypted,
@@ -328,7 +328,7 @@ BOOST_AUTO_TEST_CASE(planted_personal_data_is_never_stored_in_clear,
   for (const auto& f : std::filesystem::recursive_directory_iterator(g.cluster->dir())) {
     if (f.is_regular_file() && f.path().filename() != "cluster.yaml") files += read_file(f.path());
   }
-  BOOST_CHECK(files.find("shoal node n0") != std::string::npos);  // the node's log is among them
+  BOOST_CHECK(files.find("[node n0]") != std::string::npos);  // the node's log is among them
   int leaks = 0;
   for (const auto& w : work) {
     for (const auto& v : w.values) {
@@ -381,7 +381,7 @@ BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
   auto v = shoal::test::run_shoal({"audit", "verify", "--db", db});
   BOOST_CHECK_MESSAGE(v.status == 0, v.out << v.err);
   std::set<std::string> recorded;
-  auto log = shoal::actors::audit_log::open(db, true);
+  auto log = shoal::governance::audit_log::open(db, true);
   log->query({}, [&](const nlohmann::json& r) {
     if (r.value("kind", "") == "request" && r["outcome"].value("status", "") == "ok") {
       recorded.insert(r.value("request_id", ""));
@@ -446,7 +446,7 @@ BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
   // The block and the unblock are in the audit log, and the chain verifies.
   g.cluster->stop_node("n0");
   const std::string db = g.cluster->data_dir("n0") + "/audit";
-  auto log = shoal::actors::audit_log::open(db, true);
+  auto log = shoal::governance::audit_log::open(db, true);
   int blocked = 0, unblocked = 0, refused_blocked = 0, deploys = 0;
   log->query({}, [&](const nlohmann::json& r) {
     if (r.value("kind", "") == "admin" && r["what"].value("operation", "") == "deploy") {

@@ -11,7 +11,8 @@
 #include "kernels/backend.hpp"
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul_kernels.hpp"
-#include "kernels/cpu/quantize.hpp"
+#include "kernels/quantize.hpp"
+#include "tests/support/compare.hpp"
 
 using namespace shoal;
 using namespace shoal::kernels;
@@ -149,7 +150,7 @@ void check_against_reference(const matrix& w, const std::vector<float>& x, std::
       }
       bound += 2e-5 * mag + 1e-7;
       const double err = std::fabs(double(got[t * w.rows + r]) - want);
-      worst = std::max(worst, err / bound);
+      worst = shoal::test::worse(worst, err / bound);
       if (!(err <= bound)) {
         BOOST_ERROR(what << ": row " << r << " token " << t << " got " << got[t * w.rows + r]
                          << " want " << want << " (bound " << bound << ")");
@@ -301,7 +302,7 @@ BOOST_AUTO_TEST_CASE(quantize_round_trip_error_bounds) {
   // Q8_0: step d = max|x| / 127 stored as F16; error <= d/2 + 127 * d * 2^-11 (the F16 rounding of
   // d).
   std::vector<std::uint8_t> q8(n / 32 * 34);
-  cpu::quantize_row_q8_0(x.data(), n, q8.data());
+  shoal::kernels::quantize_row_q8_0(x.data(), n, q8.data());
   dequantize_row(matrix{q8.data(), dtype::q8_0, 1, n, n}, 0, y.data());
   for (std::int64_t b = 0; b < n / 32; ++b) {
     float amax = 0;
@@ -313,7 +314,7 @@ BOOST_AUTO_TEST_CASE(quantize_round_trip_error_bounds) {
   // Q4_0: step |d| = max|x| / 8; every value within d/2, except the largest positive one when
   // the extreme is negative, which clamps at nibble 15 (one step).
   std::vector<std::uint8_t> q4(n / 32 * 18);
-  cpu::quantize_row_q4_0(x.data(), n, q4.data());
+  shoal::kernels::quantize_row_q4_0(x.data(), n, q4.data());
   dequantize_row(matrix{q4.data(), dtype::q4_0, 1, n, n}, 0, y.data());
   for (std::int64_t b = 0; b < n / 32; ++b) {
     float amax = 0;
@@ -323,7 +324,7 @@ BOOST_AUTO_TEST_CASE(quantize_round_trip_error_bounds) {
   }
   // I8 per row: step max|x| / 127, error <= step / 2.
   std::vector<std::int8_t> i8(n);
-  const float s8 = cpu::quantize_row_i8(x.data(), n, i8.data());
+  const float s8 = shoal::kernels::quantize_row_i8(x.data(), n, i8.data());
   BOOST_TEST(s8 == 0.4f / 127);
   dequantize_row(matrix{i8.data(), dtype::i8, 1, n, n, &s8, 1, 0}, 0, y.data());
   for (std::int64_t c = 0; c < n; ++c) BOOST_TEST(std::fabs(y[c] - x[c]) <= s8 * 0.5001f);
@@ -331,7 +332,7 @@ BOOST_AUTO_TEST_CASE(quantize_round_trip_error_bounds) {
   for (std::int64_t g : {32, 64, 128}) {
     std::vector<std::uint8_t> i4(n / 2);
     std::vector<float> s4(n / g);
-    cpu::quantize_row_i4(x.data(), n, g, i4.data(), s4.data());
+    shoal::kernels::quantize_row_i4(x.data(), n, g, i4.data(), s4.data());
     dequantize_row(matrix{i4.data(), dtype::i4, 1, n, n, s4.data(), n / g, g}, 0, y.data());
     for (std::int64_t k = 0; k < n / g; ++k) {
       float amax = 0;

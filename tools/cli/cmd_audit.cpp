@@ -14,8 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/audit_log.hpp"
-#include "actors/auth.hpp"
+#include "governance/audit_log.hpp"
+#include "governance/auth.hpp"
 #include "engine/common/error.hpp"
 #include "tools/cli/commands.hpp"
 
@@ -23,8 +23,8 @@ namespace shoal::cli {
 
 namespace {
 
-using actors::audit_filter;
-using actors::audit_log;
+using governance::audit_filter;
+using governance::audit_log;
 
 struct filter_options {
   audit_filter f;
@@ -95,7 +95,7 @@ nlohmann::json admin_record(const std::string& by, const std::string& operation)
           {"where", {{"node", host_name()}, {"client", "shoal audit (command line)"}}},
           {"how", {{"method", "cli"}}},
           {"outcome", {{"status", "ok"}}},
-          {"when", {{"start", actors::utc_now_iso()}}}};
+          {"when", {{"start", governance::utc_now_iso()}}}};
 }
 
 }  // namespace
@@ -139,14 +139,14 @@ runner_fn add_audit(CLI::App& app) {
   return [=]() -> int {
     if (verify->parsed()) {
       auto log = audit_log::open(s->db, true);
-      std::optional<actors::audit_checkpoint> cp;
+      std::optional<governance::audit_checkpoint> cp;
       if (!s->checkpoint.empty()) {
         nlohmann::json j = nlohmann::json::parse(read_text(s->checkpoint), nullptr, false);
         if (j.is_discarded()) throw error(errc::invalid_argument, "checkpoint " + s->checkpoint + " is not JSON");
-        cp = actors::checkpoint_from_json(j);
+        cp = governance::checkpoint_from_json(j);
       }
       std::string trusted;
-      if (!s->trusted_key.empty()) trusted = actors::checkpoint_public_key(s->trusted_key);
+      if (!s->trusted_key.empty()) trusted = governance::checkpoint_public_key(s->trusted_key);
       auto r = log->verify(cp ? &*cp : nullptr, trusted);
       if (!r.ok) {
         if (r.first_bad_seq == 0) std::cout << "FAILED: " << r.problem << "\n";
@@ -159,7 +159,7 @@ runner_fn add_audit(CLI::App& app) {
     }
     if (checkpoint->parsed()) {
       auto log = audit_log::open(s->db, true);
-      auto text = actors::to_json(actors::make_checkpoint(*log, s->key)).dump(2) + "\n";
+      auto text = governance::to_json(governance::make_checkpoint(*log, s->key)).dump(2) + "\n";
       if (s->out.empty()) {
         std::cout << text;
       } else {
@@ -195,8 +195,8 @@ runner_fn add_audit(CLI::App& app) {
       auto rec = admin_record(admin_name(s->by), "export");
       rec["what"]["filters"] = s->filters.to_json();
       rec["what"]["count"] = count;
-      rec["what"]["output"] = {{"file", s->out}, {"sha256", actors::sha256_hex(lines)}, {"bytes", lines.size()}};
-      rec["when"]["end"] = actors::utc_now_iso();
+      rec["what"]["output"] = {{"file", s->out}, {"sha256", governance::sha256_hex(lines)}, {"bytes", lines.size()}};
+      rec["when"]["end"] = governance::utc_now_iso();
       auto stored = log->append(std::move(rec));
       std::cerr << "exported " << count << " records to " << s->out << "; audited as seq " << stored["seq"] << "\n";
       return 0;
@@ -216,7 +216,7 @@ runner_fn add_audit(CLI::App& app) {
       auto rec = admin_record(admin_name(s->by), "unblock");
       rec["what"]["target"] = s->principal;
       rec["what"]["block"] = it->second;
-      rec["when"]["end"] = actors::utc_now_iso();
+      rec["when"]["end"] = governance::utc_now_iso();
       auto stored = log->append_and_clear_block(std::move(rec), s->principal);
       std::cout << "unblocked " << s->principal << "; audited as seq " << stored["seq"] << "\n";
       return 0;

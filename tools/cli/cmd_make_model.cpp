@@ -17,7 +17,7 @@
 #include "engine/model/gguf_convert.hpp"
 #include "engine/model/gguf_writer.hpp"
 #include "engine/model/safetensors.hpp"
-#include "kernels/cpu/quantize.hpp"
+#include "kernels/quantize.hpp"
 #include "kernels/dtype.hpp"
 #include "tools/cli/commands.hpp"
 
@@ -243,8 +243,8 @@ int write_gguf_model(const make_model_args& a, const shape_spec& s) {
             std::memcpy(dst + 2 * c, &h, 2);
           }
           break;
-        case dtype::q8_0: kernels::cpu::quantize_row_q8_0(row.data(), sp.cols, dst); break;
-        default: kernels::cpu::quantize_row_q4_0(row.data(), sp.cols, dst); break;
+        case dtype::q8_0: kernels::quantize_row_q8_0(row.data(), sp.cols, dst); break;
+        default: kernels::quantize_row_q4_0(row.data(), sp.cols, dst); break;
       }
     }
   });

@@ -13,6 +13,8 @@ runner_fn add_node(CLI::App& app) {
   app.add_option("--data-dir", o->data_dir,
                  "Where the router node keeps its answer cache and audit store (default shoal-data/<name>)");
   app.add_option("--connect-timeout", o->connect_timeout_s, "Seconds to wait for worker nodes (default 60)");
+  app.add_option("--log-level", o->log_level,
+                 "trace, debug, info, warn, error or off (default $SHOAL_LOG_LEVEL, else info)");
   return [o] { return actors::run_node(*o); };
 }
 

@@ -11,7 +11,7 @@
 #include <iostream>
 #include <thread>
 
-#include "actors/cluster_config.hpp"
+#include "config/cluster_config.hpp"
 #include "engine/common/error.hpp"
 #include "tools/cli/commands.hpp"
 #include "tools/client/shoal_client.hpp"
@@ -81,7 +81,7 @@ std::string reap(std::vector<child>& kids) {
 }
 
 int run_up(const up_args& a) {
-  auto cfg = actors::cluster_config::load(a.config);
+  auto cfg = config::cluster_config::load(a.config);
   for (const auto& n : cfg.nodes) {
     if (!is_local(n.host)) {
       throw error(errc::unavailable, a.config + ": node '" + n.name + "' is on " + n.host +
@@ -97,7 +97,7 @@ int run_up(const up_args& a) {
 
   std::vector<child> kids;
   // Workers first, the router node last, so it finds them quickly.
-  std::vector<const actors::node_spec*> order;
+  std::vector<const config::node_spec*> order;
   for (const auto& n : cfg.nodes) if (!n.has_role("router")) order.push_back(&n);
   order.push_back(&cfg.router_node());
   for (const auto* n : order) {

@@ -1,0 +1,151 @@
+#include "telemetry/metrics_server.hpp"
+#include "telemetry/log.hpp"
+
+#include <kj/async-io.h>
+#include <kj/compat/http.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "telemetry/metrics.hpp"
+#include "engine/common/error.hpp"
+
+namespace shoal::telemetry {
+
+namespace {
+
+class metrics_service final : public kj::HttpService {
+ public:
+  metrics_service(const kj::HttpHeaderTable& table, std::shared_ptr<prometheus::Registry> registry,
+                  std::function<void()> before_scrape)
+      : table_(table), registry_(std::move(registry)), before_scrape_(std::move(before_scrape)) {}
+
+  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
+                            kj::AsyncInputStream&, Response& response) override {
+    std::string p(url.cStr());
+    p = p.substr(0, p.find('?'));
+    if (method != kj::HttpMethod::GET)
+      return reply(response, 405, "Method Not Allowed", "only GET is served\n");
+    if (p == "/metrics") {
+      std::string body;
+      try {
+        if (before_scrape_) before_scrape_();
+        body = render_metrics(*registry_);
+      } catch (const std::exception& e) {
+        return reply(response, 500, "Internal Server Error",
+                     std::string("cannot render the metrics: ") + e.what() + "\n");
+      }
+      return reply(response, 200, "OK", body, "text/plain; version=0.0.4; charset=utf-8");
+    }
+    if (p == "/livez") return reply(response, 200, "OK", "ok\n");
+    return reply(response, 404, "Not Found",
+                 "not found: " + p + " (this server answers /metrics and /livez)\n");
+  }
+
+ private:
+  kj::Promise<void> reply(Response& response, unsigned status, kj::StringPtr status_text,
+                          const std::string& body,
+                          const char* content_type = "text/plain; charset=utf-8") {
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, content_type);
+    // A kj::String keeps its bytes in place when moved into attach(), unlike a short std::string.
+    auto bytes = kj::heapString(body.data(), body.size());
+    auto stream = response.send(status, status_text, headers, bytes.size());
+    auto write = stream->write(bytes.begin(), bytes.size());
+    return write.attach(kj::mv(stream), kj::mv(bytes));
+  }
+
+  const kj::HttpHeaderTable& table_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::function<void()> before_scrape_;
+};
+
+class metrics_server_impl final : public metrics_server {
+ public:
+  metrics_server_impl(std::string host, std::int32_t port,
+                      std::shared_ptr<prometheus::Registry> registry,
+                      std::function<void()> before_scrape) {
+    std::promise<kj::Own<kj::CrossThreadPromiseFulfiller<void>>> ready;
+    auto started = ready.get_future();
+    thread_ =
+        std::thread([this, &ready, port, host = std::move(host), registry = std::move(registry),
+                     before_scrape = std::move(before_scrape)]() mutable {
+          run(host, port, std::move(registry), std::move(before_scrape), ready);
+        });
+    try {
+      stop_ = started.get();
+    } catch (...) {
+      thread_.join();
+      throw;
+    }
+  }
+
+  ~metrics_server_impl() noexcept override { stop(); }
+
+  std::int32_t port() const override { return port_; }
+
+  void stop() override {
+    if (!thread_.joinable()) return;
+    stop_->fulfill();
+    thread_.join();
+    stop_ = nullptr;
+  }
+
+ private:
+  void run(const std::string& host, std::int32_t port,
+           std::shared_ptr<prometheus::Registry> registry, std::function<void()> before_scrape,
+           std::promise<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>& ready) {
+    bool started = false;
+    try {
+      auto io = kj::setupAsyncIo();
+      kj::Own<kj::ConnectionReceiver> listener;
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                     auto addr = io.provider->getNetwork()
+                                     .parseAddress(host, static_cast<unsigned>(port))
+                                     .wait(io.waitScope);
+                     listener = addr->listen();
+                   })) {
+        ready.set_exception(std::make_exception_ptr(error(
+            errc::unavailable, "the metrics endpoint cannot listen on " + host + ":" +
+                                   std::to_string(port) + ": " + e->getDescription().cStr())));
+        return;
+      }
+      port_ = static_cast<std::int32_t>(listener->getPort());
+      kj::HttpHeaderTable table;
+      metrics_service service(table, std::move(registry), std::move(before_scrape));
+      kj::HttpServer server(io.provider->getTimer(), table, service);
+      auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
+      ready.set_value(kj::mv(stop.fulfiller));
+      started = true;
+      stop.promise.exclusiveJoin(server.listenHttp(*listener)).wait(io.waitScope);
+    } catch (...) {
+      if (!started) {
+        ready.set_exception(std::current_exception());
+        return;
+      }
+      try {
+        throw;
+      } catch (const kj::Exception& e) {
+        log::error("metrics: event loop failed: {}", e.getDescription().cStr());
+      } catch (const std::exception& e) {
+        log::error("metrics: event loop failed: {}", e.what());
+      }
+    }
+  }
+
+  std::thread thread_;
+  std::atomic<std::int32_t> port_{0};
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
+};
+
+}  // namespace
+
+std::unique_ptr<metrics_server> start_metrics_server(const std::string& host, std::int32_t port,
+                                                     std::shared_ptr<prometheus::Registry> registry,
+                                                     std::function<void()> before_scrape) {
+  return std::make_unique<metrics_server_impl>(host, port, std::move(registry),
+                                               std::move(before_scrape));
+}
+
+}  // namespace shoal::telemetry
