@@ -16,7 +16,7 @@
 #include "engine/common/mapped_file.hpp"
 #include "engine/model/gguf.hpp"
 #include "engine/model/safetensors.hpp"
-#include "kernels/cpu/matmul_kernels.hpp"
+#include "kernels/backend.hpp"
 
 namespace fs = std::filesystem;
 
@@ -225,7 +225,7 @@ std::vector<float> to_f32_vector(const tensor_ref& t) {
   if (dtype_block_size(*t.type) > 1) {
     // A block-quantized vector (GGUF allows it; converters keep norms F32): one row.
     kernels::matrix m{t.data, *t.type, 1, n, n};
-    kernels::cpu::dequantize_quantized_row(m, 0, out.data());
+    kernels::dequantize_row(m, 0, out.data());
     return out;
   }
   // memcpy per element: a tensor in a safetensors file need not be aligned to its element size.
