@@ -175,13 +175,13 @@ int main(int argc, char** argv) {
         hot ? 1 : std::max<std::int64_t>(2, (std::int64_t{512} << 20) / one + 1);
     for (std::int64_t k = 0; k < copies; ++k) ms.push_back(make(t, rows, cols, group, rng));
     const std::int64_t bytes = ms[0].m.bytes();
-    for (auto& m : ms) be->matmul(m.m, x.data(), n, y.data());  // warm-up
+    for (auto& m : ms) be->matmul(m.m, host_tensor(x.data(), n, m.m.cols), host_tensor(y.data(), n, m.m.rows));  // warm-up
     // Best pass over all copies: the machine is shared, and interference only ever slows a pass.
     double per_call = 1e30;
     auto t0 = clock_type::now();
     while (seconds_since(t0) < secs) {
       auto p0 = clock_type::now();
-      for (auto& m : ms) be->matmul(m.m, x.data(), n, y.data());
+      for (auto& m : ms) be->matmul(m.m, host_tensor(x.data(), n, m.m.cols), host_tensor(y.data(), n, m.m.rows));
       per_call = std::min(per_call, seconds_since(p0) / static_cast<double>(ms.size()));
     }
     std::printf("%-5s %8.3f ms/matmul  %6.2f GB/s of weights  %7.1f GMAC/s\n", to_string(t),
