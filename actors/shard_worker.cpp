@@ -63,7 +63,7 @@ step_result run_step(shard_state& st, const step_request& req) {
   forward_batch batch;
   for (const auto& item : req.items) {
     for (std::size_t j = 0; j < item.tokens.size(); ++j) {
-      batch.add(item.tokens[j], item.start + static_cast<std::int32_t>(j), item.blocks.data(),
+      batch.add(item.tokens[j], item.start + static_cast<std::int32_t>(j), item.blocks,
                 item.sample && j + 1 == item.tokens.size());
     }
   }

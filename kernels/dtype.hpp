@@ -21,6 +21,7 @@ enum class dtype : std::uint8_t {
   i4,    // group-wise symmetric int4, two per byte (low nibble first), x = scale[row, g] * (nibble - 8)
   f8_e4m3,  // float8_e4m3fn, one per byte, x = scale[row, col / group_size] * fp8 (DeepSeek's
             // 128x128 weight_scale_inv blocks, expanded to per-row scales when loaded)
+  i32,      // int32 indices in backend tensors (token ids, positions, block tables, slots)
 };
 
 inline const char* to_string(dtype t) {
@@ -35,6 +36,7 @@ inline const char* to_string(dtype t) {
     case dtype::i8: return "I8";
     case dtype::i4: return "I4";
     case dtype::f8_e4m3: return "F8_E4M3";
+    case dtype::i32: return "I32";
   }
   return "?";
 }
@@ -61,6 +63,7 @@ inline std::int64_t dtype_block_bytes(dtype t) {
     case dtype::i8: return 1;
     case dtype::i4: return 1;
     case dtype::f8_e4m3: return 1;
+    case dtype::i32: return 4;
   }
   return 0;
 }

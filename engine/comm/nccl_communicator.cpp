@@ -182,6 +182,10 @@ nccl_communicator::~nccl_communicator() {
   if (comm_) module().destroy(comm_);
 }
 
+void nccl_communicator::all_reduce_sum(const kernels::tensor& t) {
+  all_reduce_sum(host_floats(t, "the NCCL communicator (until the CUDA backend)"), static_cast<std::size_t>(t.elements()));
+}
+
 void nccl_communicator::all_reduce_sum(float* data, std::size_t n) {
   std::array<char, 512> err{};
   if (module().all_reduce_sum_host(comm_, data, n, err.data(), err.size()) != 0) {

@@ -38,7 +38,10 @@ class nccl_communicator final : public communicator {
   int device() const { return device_; }
   /// Host data: copied to a device buffer, ncclAllReduce (sum), copied back. Throws shoal::error
   /// (errc::unavailable) with the CUDA/NCCL error text.
-  void all_reduce_sum(float* data, std::size_t n) override;
+  void all_reduce_sum(float* data, std::size_t n);
+  /// A host tensor goes through the copying path above; device tensors need the CUDA backend
+  /// (not built yet) and are refused (unsupported).
+  void all_reduce_sum(const kernels::tensor& t) override;
 
  private:
   int rank_, world_, device_;

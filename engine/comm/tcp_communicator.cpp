@@ -150,6 +150,10 @@ void tcp_communicator::exchange(const std::uint8_t* send, std::size_t send_n, st
   }
 }
 
+void tcp_communicator::all_reduce_sum(const kernels::tensor& t) {
+  all_reduce_sum(host_floats(t, "the TCP communicator"), static_cast<std::size_t>(t.elements()));
+}
+
 void tcp_communicator::all_reduce_sum(float* data, std::size_t n) {
   if (world_ == 1 || n == 0) return;
   const std::size_t w = static_cast<std::size_t>(world_);

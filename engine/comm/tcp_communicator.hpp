@@ -32,7 +32,9 @@ class tcp_communicator final : public communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   /// Throws shoal::error (errc::unavailable) when a peer disconnects or stalls past the timeout.
-  void all_reduce_sum(float* data, std::size_t n) override;
+  void all_reduce_sum(float* data, std::size_t n);
+  /// Host tensors only (this communicator moves host memory).
+  void all_reduce_sum(const kernels::tensor& t) override;
 
  private:
   void exchange(const std::uint8_t* send, std::size_t send_n, std::uint8_t* recv, std::size_t recv_n);

@@ -4,29 +4,40 @@
 
 namespace shoal {
 
-kv_cache::kv_cache(std::int64_t n_layers, std::int64_t n_kv_heads, std::int64_t head_dim,
-                   std::int32_t block_size, std::int32_t num_blocks)
-    : kv_cache(n_layers, n_kv_heads * head_dim, n_kv_heads * head_dim, block_size, num_blocks, 0) {}
-
-kv_cache kv_cache::latent(std::int64_t n_layers, std::int64_t width, std::int32_t block_size,
-                          std::int32_t num_blocks) {
-  return kv_cache(n_layers, width, 0, block_size, num_blocks, 0);
-}
-
-kv_cache::kv_cache(std::int64_t n_layers, std::int64_t k_width, std::int64_t v_width, std::int32_t block_size,
-                   std::int32_t num_blocks, int)
-    : block_size_(block_size),
-      num_blocks_(num_blocks),
+kv_cache::kv_cache(kernels::backend& be, std::int64_t n_layers, std::int64_t k_width, std::int64_t v_width,
+                   const kv_cache_options& opts)
+    : block_size_(opts.block_size),
+      num_blocks_(opts.num_blocks),
+      type_(opts.type),
       n_layers_(n_layers),
       k_width_(k_width),
-      v_width_(v_width),
-      layer_stride_(static_cast<std::int64_t>(num_blocks) * block_size * k_width) {
-  if (block_size <= 0 || num_blocks <= 0) {
+      v_width_(v_width) {
+  if (block_size_ <= 0 || num_blocks_ <= 0) {
     throw error(errc::invalid_argument, "kv cache needs a positive block size and block count");
   }
-  k_.assign(static_cast<std::size_t>(layer_stride_ * n_layers), 0.0f);
-  v_.assign(static_cast<std::size_t>(static_cast<std::int64_t>(num_blocks) * block_size * v_width * n_layers), 0.0f);
+  const std::int64_t slots = static_cast<std::int64_t>(num_blocks_) * block_size_;
+  k_ = kernels::tensor_buffer(be, type_, n_layers * slots, k_width);
+  if (v_width > 0) v_ = kernels::tensor_buffer(be, type_, n_layers * slots, v_width);
+  // Unwritten slots are never attended to (attention reads positions 0..p of a sequence, all
+  // stored before), but a cache that starts zeroed keeps a bug from reading garbage.
+  if (type_ == dtype::f32) {
+    be.fill(k_, 0.0f);
+    if (v_width > 0) be.fill(v_, 0.0f);
+  }
 }
+
+kernels::tensor kv_cache::layer_view(const kernels::tensor_buffer& b, std::int64_t layer) const {
+  if (b.get().data == nullptr) return {};
+  const std::int64_t slots = static_cast<std::int64_t>(num_blocks_) * block_size_;
+  return b.get().rows_view(layer * slots, slots);
+}
+
+std::int64_t kv_cache::bytes() const {
+  const std::int64_t slots = static_cast<std::int64_t>(num_blocks_) * block_size_;
+  return dtype_bytes(type_, n_layers_ * slots * (k_width_ + v_width_));
+}
+
+std::int64_t kv_cache::bytes_per_token() const { return dtype_bytes(type_, (k_width_ + v_width_) * n_layers_); }
 
 block_pool::block_pool(std::int32_t num_blocks) : total_(num_blocks) {
   free_.reserve(num_blocks);

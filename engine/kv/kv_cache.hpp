@@ -1,50 +1,52 @@
 #pragma once
-// The paged KV cache of one shard: physical blocks of `block_size` token slots per layer. Which
-// blocks a sequence uses is decided by whoever owns the block_pool (the batcher's KV manager, or a
-// single-stream session); the cache only stores.
+// The paged KV cache of one shard, in its backend's memory: physical blocks of `block_size` token
+// slots per layer, slot s of a layer being row s of that layer's tensor. Which blocks a sequence
+// uses is decided by whoever owns the block_pool (the batcher's KV manager, or a single-stream
+// session); the cache only stores, and only the backend's store_kv op writes it.
 
 #include <cstdint>
 #include <vector>
+
+#include "kernels/backend.hpp"
 
 namespace shoal {
 
 struct kv_cache_options {
   std::int32_t block_size = 16;  // token slots per block. Default: 16
   std::int32_t num_blocks = 0;   // 0: enough for one sequence of the model's full context
+  dtype type = dtype::f32;       // element type of the cached keys/values; the CPU backends store
+                                 // F32 (other types are refused there). Default: f32
 };
 
 class kv_cache {
  public:
-  /// Full keys and values: `n_kv_heads * head_dim` floats each per token and layer.
-  kv_cache(std::int64_t n_layers, std::int64_t n_kv_heads, std::int64_t head_dim,
-           std::int32_t block_size, std::int32_t num_blocks);
-  /// One row of `width` floats per token and layer and no separate values: multi-head latent
-  /// attention's latent plus shared RoPE key, from which keys and values are derived.
-  static kv_cache latent(std::int64_t n_layers, std::int64_t width, std::int32_t block_size,
-                         std::int32_t num_blocks);
+  /// Keys and values of `k_width` / `v_width` elements per token and layer (v_width 0: no
+  /// separate values, as multi-head latent attention's latent plus shared RoPE key).
+  kv_cache(kernels::backend& be, std::int64_t n_layers, std::int64_t k_width, std::int64_t v_width,
+           const kv_cache_options& opts);
 
-  float* k(std::int64_t layer) { return k_.data() + layer * layer_stride_; }  // [n_blocks, block_size, n_kv_heads, head_dim]
-  float* v(std::int64_t layer) { return v_.data() + layer * layer_stride_; }  // same layout as k; empty for latent
-  /// The latent cache's rows: [n_blocks, block_size, width].
-  float* latent_rows(std::int64_t layer) { return k(layer); }
+  /// [num_blocks * block_size, k_width]: layer `layer`'s keys (or MLA latent rows).
+  kernels::tensor k(std::int64_t layer) const { return layer_view(k_, layer); }
+  /// [num_blocks * block_size, v_width]: layer `layer`'s values; empty for a latent cache.
+  kernels::tensor v(std::int64_t layer) const { return layer_view(v_, layer); }
   std::int32_t block_size() const { return block_size_; }
   std::int32_t num_blocks() const { return num_blocks_; }
-  std::int64_t bytes() const { return static_cast<std::int64_t>(k_.size() + v_.size()) * 4; }
+  dtype type() const { return type_; }
+  std::int64_t bytes() const;
   /// Bytes one token takes across all layers.
-  std::int64_t bytes_per_token() const { return (k_width_ + v_width_) * n_layers_ * 4; }
+  std::int64_t bytes_per_token() const;
 
  private:
-  kv_cache(std::int64_t n_layers, std::int64_t k_width, std::int64_t v_width, std::int32_t block_size,
-           std::int32_t num_blocks, int);
+  kernels::tensor layer_view(const kernels::tensor_buffer& b, std::int64_t layer) const;
 
   std::int32_t block_size_;
   std::int32_t num_blocks_;
+  dtype type_;
   std::int64_t n_layers_;
-  std::int64_t k_width_;  // floats per token and layer
+  std::int64_t k_width_;
   std::int64_t v_width_;
-  std::int64_t layer_stride_;
-  std::vector<float> k_;
-  std::vector<float> v_;
+  kernels::tensor_buffer k_;  // [n_layers * slots, k_width]
+  kernels::tensor_buffer v_;  // [n_layers * slots, v_width]; empty when v_width is 0
 };
 
 /// Free list of physical block ids. One owner mutates it (see the class comment above).

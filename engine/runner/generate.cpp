@@ -96,7 +96,7 @@ generation_result generate(model_runner& runner, std::span<const std::int32_t> p
     const std::int64_t end = std::min<std::int64_t>(n_prompt, start + opts.prefill_chunk);
     batch = {};
     for (std::int64_t i = start; i < end; ++i) {
-      batch.add(prompt_ids[i], static_cast<std::int32_t>(i), table.data(), i == n_prompt - 1);
+      batch.add(prompt_ids[i], static_cast<std::int32_t>(i), table, i == n_prompt - 1);
     }
     runner.forward(batch, logits);
   }
@@ -111,7 +111,7 @@ generation_result generate(model_runner& runner, std::span<const std::int32_t> p
   for (std::int64_t step = 0; step < max_new; ++step) {
     if (step > 0) {
       batch = {};
-      batch.add(last, pos, table.data(), true);
+      batch.add(last, pos, table, true);
       runner.forward(batch, logits);
     }
     if (on_logits) on_logits(pos, last, logits);

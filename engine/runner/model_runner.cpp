@@ -1,5 +1,6 @@
 #include "engine/runner/model_runner.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -13,13 +14,14 @@ std::int32_t default_blocks(const model_config& c, std::int32_t block_size) {
   return static_cast<std::int32_t>((c.max_positions + block_size - 1) / block_size);
 }
 
-kv_cache make_cache(const model_config& c, shard_spec shard, kv_cache_options kv) {
-  const std::int32_t blocks = kv.num_blocks > 0 ? kv.num_blocks : default_blocks(c, kv.block_size);
+kv_cache make_cache(kernels::backend& be, const model_config& c, shard_spec shard, kv_cache_options kv) {
+  if (kv.num_blocks <= 0) kv.num_blocks = default_blocks(c, kv.block_size);
   if (c.family == model_family::deepseek) {
-    return kv_cache::latent(c.n_layers, c.mla.kv_lora_rank + c.mla.qk_rope_dim, kv.block_size, blocks);
+    return kv_cache(be, c.n_layers, c.mla.kv_lora_rank + c.mla.qk_rope_dim, 0, kv);
   }
   const int ways = shard.mode == parallel_mode::expert ? 1 : std::max(shard.world_size, 1);
-  return kv_cache(c.n_layers, c.n_kv_heads / ways, c.head_dim, kv.block_size, blocks);
+  const std::int64_t width = c.n_kv_heads / ways * c.head_dim;
+  return kv_cache(be, c.n_layers, width, width, kv);
 }
 
 }  // namespace
@@ -55,15 +57,22 @@ namespace {
 int split_ways(shard_spec s) { return s.mode == parallel_mode::expert ? 1 : std::max(s.world_size, 1); }
 
 
-// Columns [r * I / ways, ...) of one gated MLP: gate/up by output rows, down by input columns.
-mlp_weights slice_mlp(const mlp_weights& w, int r, int ways) {
-  if (ways == 1 || !w.gate.m.data) return w;
+// Columns [r * I / ways, ...) of one gated MLP (gate/up by output rows, down by input columns),
+// registered with the backend: only this shard's slices reach it.
+mlp_matrices slice_mlp(kernels::backend& be, const mlp_weights& w, int r, int ways) {
+  if (!w.gate.m.data) return {};
+  if (ways == 1) r = 0;
   const std::int64_t i = w.gate.m.rows / ways;
-  mlp_weights s = w;
-  s.gate.m = w.gate.m.row_slice(r * i, i);
-  s.up.m = w.up.m.row_slice(r * i, i);
-  s.down.m = w.down.m.col_slice(r * i, i);
-  return s;
+  return mlp_matrices{be.register_weight(w.gate.m.row_slice(r * i, i)), be.register_weight(w.up.m.row_slice(r * i, i)),
+                      be.register_weight(w.down.m.col_slice(r * i, i))};
+}
+
+// A vector the model keeps on the host (norms, biases), registered with the backend; a slice of
+// it when `count` is given.
+kernels::tensor vec(kernels::backend& be, const std::vector<float>& v, std::int64_t begin = 0, std::int64_t count = -1) {
+  if (v.empty()) return {};
+  if (count < 0) count = static_cast<std::int64_t>(v.size()) - begin;
+  return be.register_vector(std::span<const float>(v.data() + begin, static_cast<std::size_t>(count)));
 }
 
 }  // namespace
@@ -138,8 +147,28 @@ void check_shard(const model& m, shard_spec shard) {
   }
 }
 
-model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard,
-                           communicator* comm, kv_cache_options kv)
+void forward_batch::add(std::int32_t token, std::int32_t pos, const std::vector<std::int32_t>& table, bool want_logits) {
+  std::int32_t seq = -1;
+  // Sequences are few per step and their tokens come together: search from the last one.
+  for (std::size_t i = table_ids_.size(); i-- > 0;) {
+    if (table_ids_[i] == &table) {
+      seq = static_cast<std::int32_t>(i);
+      break;
+    }
+  }
+  if (seq < 0) {
+    seq = static_cast<std::int32_t>(tables.size());
+    tables.push_back(table);
+    table_ids_.push_back(&table);
+  }
+  if (want_logits) logit_rows.push_back(static_cast<std::int32_t>(tokens.size()));
+  tokens.push_back(token);
+  positions.push_back(pos);
+  seq_of_token.push_back(seq);
+}
+
+model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shard, communicator* comm,
+                           kv_cache_options kv)
     : model_(m),
       be_(be),
       shard_(shard),
@@ -147,75 +176,49 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
       n_heads_(m.config().n_heads / split_ways(shard)),
       n_kv_heads_(m.config().n_kv_heads / split_ways(shard)),
       ffn_(m.config().intermediate_size / split_ways(shard)),
-      cache_(make_cache(m.config(), shard, kv)) {
+      cache_(make_cache(be, m.config(), shard, kv)),
+      scratch_(be) {
   const auto& c = m.config();
   check_shard(m, shard);
   const int w = shard.world_size, r = shard.rank;
   if (w > 1 && !comm) throw error(errc::invalid_argument, "a " + std::to_string(w) + "-rank runner needs a communicator");
+  const auto& W = m.weights();
+  tok_embd_ = be.register_weight(W.tok_embd.m);
+  lm_head_ = be.register_weight(W.lm_head.m);
+  out_norm_ = vec(be, W.out_norm);
+  inv_freq_ = vec(be, m.rope_inv_freq());
   if (c.family == model_family::deepseek) {
     if (w > 1 && shard.mode != parallel_mode::tensor) experts_ = expert_slice(c.moe.n_routed_experts, r, w);
     split_attention_ = w > 1 && shard.mode != parallel_mode::expert;
+    routing_ = routing_of(c.moe);
     init_deepseek();
     return;
   }
   const std::int64_t hd = c.head_dim;
   // Megatron split: q/k/v/gate/up by output rows (column-parallel), o/down by input columns
   // (row-parallel) followed by an all-reduce. Contiguous head ranges keep GQA groups together.
-  for (const auto& l : m.weights().layers) {
+  for (const auto& l : W.layers) {
     layer_slice s;
-    s.wq = l.wq.m.row_slice(r * n_heads_ * hd, n_heads_ * hd);
-    s.wk = l.wk.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd);
-    s.wv = l.wv.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd);
-    s.wo = l.wo.m.col_slice(r * n_heads_ * hd, n_heads_ * hd);
-    s.w_gate = l.w_gate.m.row_slice(r * ffn_, ffn_);
-    s.w_up = l.w_up.m.row_slice(r * ffn_, ffn_);
-    s.w_down = l.w_down.m.col_slice(r * ffn_, ffn_);
-    if (!l.bq.empty()) {
-      s.bq = l.bq.data() + r * n_heads_ * hd;
-      s.bk = l.bk.data() + r * n_kv_heads_ * hd;
-      s.bv = l.bv.data() + r * n_kv_heads_ * hd;
-    }
-    layers_.push_back(s);
-  }
-}
-
-void model_runner::init_deepseek() {
-  const auto& c = model_.config();
-  const auto& a = c.mla;
-  const std::int64_t r = a.kv_lora_rank, nope = a.qk_nope_dim, qk = nope + a.qk_rope_dim;
-  const std::int64_t vd = a.v_head_dim, per_head = nope + vd;
-  const int ways = split_ways(shard_), rank = ways > 1 ? shard_.rank : 0;
-  const std::int64_t h0 = rank * n_heads_;  // this rank's first head
-  std::vector<float> row(static_cast<std::size_t>(r));
-  for (const auto& l : model_.weights().layers) {
-    layer_slice s;
-    s.wq = (a.q_lora_rank > 0 ? l.wq_b : l.wq).m.row_slice(h0 * qk, n_heads_ * qk);
-    s.wkv_b = l.wkv_b.m.row_slice(h0 * per_head, n_heads_ * per_head);
-    s.wo = l.wo.m.col_slice(h0 * vd, n_heads_ * vd);
-    // W_uk for local head h is rows [h * per_head, h * per_head + nope) of the slice; stored transposed.
-    std::vector<float> t(static_cast<std::size_t>(n_heads_ * r * nope));
-    for (std::int64_t h = 0; h < n_heads_; ++h) {
-      for (std::int64_t i = 0; i < nope; ++i) {
-        kernels::dequantize_row(s.wkv_b, h * per_head + i, row.data());
-        for (std::int64_t j = 0; j < r; ++j) t[(h * r + j) * nope + i] = row[j];
-      }
-    }
-    w_uk_t_.push_back(std::move(t));
-    s.dense = slice_mlp(mlp_weights{l.w_gate, l.w_up, l.w_down}, rank, ways);
-    const int expert_ways = shard_.mode == parallel_mode::tensor ? ways : 1;
-    s.experts.reserve(l.experts.size());
-    for (const auto& e : l.experts) s.experts.push_back(slice_mlp(e, rank, expert_ways));
-    // Shared experts: column slices where heads are split; under expert parallelism alone rank 0
-    // runs them whole.
-    s.shared = slice_mlp(l.shared, rank, ways);
-    s.with_shared = ways > 1 || shard_.rank == 0;
+    s.attn_norm = vec(be, l.attn_norm);
+    s.ffn_norm = vec(be, l.ffn_norm);
+    s.wq = be.register_weight(l.wq.m.row_slice(r * n_heads_ * hd, n_heads_ * hd));
+    s.wk = be.register_weight(l.wk.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd));
+    s.wv = be.register_weight(l.wv.m.row_slice(r * n_kv_heads_ * hd, n_kv_heads_ * hd));
+    s.wo = be.register_weight(l.wo.m.col_slice(r * n_heads_ * hd, n_heads_ * hd));
+    s.mlp = slice_mlp(be, mlp_weights{l.w_gate, l.w_up, l.w_down}, r, split_ways(shard));
+    s.bq = vec(be, l.bq, r * n_heads_ * hd, n_heads_ * hd);
+    s.bk = vec(be, l.bk, r * n_kv_heads_ * hd, n_kv_heads_ * hd);
+    s.bv = vec(be, l.bv, r * n_kv_heads_ * hd, n_kv_heads_ * hd);
     layers_.push_back(std::move(s));
   }
 }
 
+void model_runner::all_reduce(const tensor& t) {
+  if (shard_.world_size > 1) comm_->all_reduce_sum(t);
+}
+
 void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
   const auto& c = model_.config();
-  const auto& W = model_.weights();
   const std::int64_t n = static_cast<std::int64_t>(b.tokens.size());
   if (n == 0) {
     logits.clear();
@@ -224,6 +227,14 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
   const std::int64_t H = c.hidden_size, hd = c.head_dim;
   const std::int64_t qd = n_heads_ * hd, kd = n_kv_heads_ * hd;
   const std::int32_t bs = cache_.block_size();
+  // The step's inputs, checked and laid out on the host (index bookkeeping, not activations).
+  std::size_t width = 1;
+  for (const auto& t : b.tables) width = std::max(width, t.size());
+  host_tables_.assign(b.tables.size() * width, 0);
+  for (std::size_t s = 0; s < b.tables.size(); ++s) {
+    std::copy(b.tables[s].begin(), b.tables[s].end(), host_tables_.begin() + static_cast<std::ptrdiff_t>(s * width));
+  }
+  host_slots_.resize(static_cast<std::size_t>(n));
   for (std::int64_t t = 0; t < n; ++t) {
     if (b.tokens[t] < 0 || b.tokens[t] >= c.vocab_size) {
       throw error(errc::out_of_range, "token id " + std::to_string(b.tokens[t]) + " is outside the vocabulary (" +
@@ -233,92 +244,123 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
       throw error(errc::out_of_range, "position " + std::to_string(b.positions[t]) + " is beyond the context (" +
                                           std::to_string(c.max_positions) + ")");
     }
+    const auto& table = b.tables[static_cast<std::size_t>(b.seq_of_token[t])];
+    const std::size_t block = static_cast<std::size_t>(b.positions[t] / bs);
+    if (block >= table.size() || table[block] < 0 || table[block] >= cache_.num_blocks()) {
+      throw error(errc::out_of_range, "position " + std::to_string(b.positions[t]) +
+                                          " has no KV block in its sequence's table (" + std::to_string(table.size()) +
+                                          " blocks of " + std::to_string(bs) + ")");
+    }
+    host_slots_[t] = table[block] * bs + b.positions[t] % bs;
   }
-  x_.resize(n * H);
-  xn_.resize(n * H);
-  q_.resize(n * qd);
-  k_.resize(n * kd);
-  v_.resize(n * kd);
-  attn_.resize(n * qd);
-  proj_.resize(n * H);
-  gate_.resize(n * ffn_);
-  up_.resize(n * ffn_);
+  scratch_.reset();
+  step_inputs in;
+  in.ids = scratch_.take(dtype::i32, 1, n);
+  in.positions = scratch_.take(dtype::i32, 1, n);
+  in.seq_of_token = scratch_.take(dtype::i32, 1, n);
+  in.tables = scratch_.take(dtype::i32, static_cast<std::int64_t>(b.tables.size()), static_cast<std::int64_t>(width));
+  in.slots = scratch_.take(dtype::i32, 1, n);
+  be_.from_host(in.ids, b.tokens.data());
+  be_.from_host(in.positions, b.positions.data());
+  be_.from_host(in.seq_of_token, b.seq_of_token.data());
+  be_.from_host(in.tables, host_tables_.data());
+  be_.from_host(in.slots, host_slots_.data());
 
-  be_.embed(W.tok_embd.m, b.tokens, x_.data());
-  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (std::size_t li = 0; li < layers_.size(); ++li) {
-    const auto& L = layers_[li];
-    const auto& LW = W.layers[li];
-    if (c.family == model_family::deepseek) {
-      be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-      mla_attention(li, b);
-      be_.add(x_.data(), proj_.data(), n * H);
-      be_.rmsnorm(x_.data(), LW.ffn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-      deepseek_ffn(li, n);
-      be_.add(x_.data(), proj_.data(), n * H);
-      continue;
-    }
-    be_.rmsnorm(x_.data(), LW.attn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-    const kernels::matmul_job qkv[] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
-    be_.matmul_multi(qkv, xn_.data(), n);
-    if (L.bq) {
-      for (std::int64_t t = 0; t < n; ++t) {
-        be_.add(q_.data() + t * qd, L.bq, qd);
-        be_.add(k_.data() + t * kd, L.bk, kd);
-        be_.add(v_.data() + t * kd, L.bv, kd);
+  const tensor x = scratch_.take(dtype::f32, n, H);
+  const tensor xn = scratch_.take(dtype::f32, n, H);
+  const tensor proj = scratch_.take(dtype::f32, n, H);
+  be_.embed(tok_embd_, in.ids, x);
+  const bool deepseek = c.family == model_family::deepseek;
+  const tensor attn = scratch_.take(dtype::f32, n, deepseek ? n_heads_ * c.mla.v_head_dim : qd);
+  if (deepseek) {
+    for (std::size_t li = 0; li < layers_.size(); ++li) {
+      const auto& L = layers_[li];
+      be_.rmsnorm(x, L.attn_norm, c.rms_norm_eps, xn);
+      mla_attention(li, b, in, xn, attn);
+      be_.matmul(L.wo, attn, proj);
+      if (split_attention_) all_reduce(proj);
+      be_.add(x, proj);
+      be_.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, xn);
+      if (L.is_moe) {
+        // Every rank routes all tokens (identically) and runs its share: its experts (expert
+        // parallelism) or its columns of every expert (tensor parallelism), and its part of the
+        // shared experts; the all-reduce sums the partial outputs.
+        moe_.forward(be_, scratch_, routing_, L.moe, xn, experts_, proj);
+        all_reduce(proj);
+      } else {
+        run_mlp(be_, scratch_, L.mlp, xn, proj);
+        if (split_attention_) all_reduce(proj);
       }
+      be_.add(x, proj);
     }
-    be_.rope(q_.data(), b.positions, static_cast<std::int32_t>(n_heads_), static_cast<std::int32_t>(hd),
-             static_cast<std::int32_t>(c.rope_dim), c.rope_style, model_.rope_inv_freq().data(),
-             model_.rope_attn_factor());
-    be_.rope(k_.data(), b.positions, static_cast<std::int32_t>(n_kv_heads_), static_cast<std::int32_t>(hd),
-             static_cast<std::int32_t>(c.rope_dim), c.rope_style, model_.rope_inv_freq().data(),
-             model_.rope_attn_factor());
-    // Write this batch's keys/values into their slots before attending, so a prompt chunk sees
-    // itself causally.
-    float* kc = cache_.k(li);
-    float* vc = cache_.v(li);
-    for (std::int64_t t = 0; t < n; ++t) {
-      const std::int32_t p = b.positions[t];
-      const std::int64_t slot = static_cast<std::int64_t>(b.block_tables[t][p / bs]) * bs + p % bs;
-      std::memcpy(kc + slot * kd, k_.data() + t * kd, kd * sizeof(float));
-      std::memcpy(vc + slot * kd, v_.data() + t * kd, kd * sizeof(float));
-    }
-    kernels::attention_args a;
-    a.q = q_.data();
-    a.out = attn_.data();
-    a.k_cache = kc;
-    a.v_cache = vc;
-    a.positions = b.positions;
-    a.block_tables = b.block_tables;
-    a.n_heads = static_cast<std::int32_t>(n_heads_);
-    a.n_kv_heads = static_cast<std::int32_t>(n_kv_heads_);
-    a.head_dim = static_cast<std::int32_t>(hd);
-    a.block_size = bs;
-    a.scale = attn_scale;
-    be_.attention(a);
-    be_.matmul(L.wo, attn_.data(), n, proj_.data());
-    if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), proj_.size());
-    be_.add(x_.data(), proj_.data(), n * H);
+  } else {
+    const tensor q = scratch_.take(dtype::f32, n, qd);
+    const tensor k = scratch_.take(dtype::f32, n, kd);
+    const tensor v = scratch_.take(dtype::f32, n, kd);
+    const tensor gate = scratch_.take(dtype::f32, n, ffn_);
+    const tensor up = scratch_.take(dtype::f32, n, ffn_);
+    const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    for (std::size_t li = 0; li < layers_.size(); ++li) {
+      const auto& L = layers_[li];
+      be_.rmsnorm(x, L.attn_norm, c.rms_norm_eps, xn);
+      const kernels::matmul_job qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+      be_.matmul_multi(qkv, xn);
+      if (!L.bq.empty()) {
+        be_.add(q, L.bq);
+        be_.add(k, L.bk);
+        be_.add(v, L.bv);
+      }
+      be_.rope(q, in.positions, static_cast<std::int32_t>(n_heads_), static_cast<std::int32_t>(hd),
+               static_cast<std::int32_t>(c.rope_dim), c.rope_style, inv_freq_, model_.rope_attn_factor());
+      be_.rope(k, in.positions, static_cast<std::int32_t>(n_kv_heads_), static_cast<std::int32_t>(hd),
+               static_cast<std::int32_t>(c.rope_dim), c.rope_style, inv_freq_, model_.rope_attn_factor());
+      // This batch's keys/values go into their slots before attending, so a prompt chunk sees
+      // itself causally.
+      be_.store_kv(cache_.k(static_cast<std::int64_t>(li)), k, in.slots);
+      be_.store_kv(cache_.v(static_cast<std::int64_t>(li)), v, in.slots);
+      kernels::attention_args a;
+      a.q = q;
+      a.out = attn;
+      a.k_cache = cache_.k(static_cast<std::int64_t>(li));
+      a.v_cache = cache_.v(static_cast<std::int64_t>(li));
+      a.positions = in.positions;
+      a.block_tables = in.tables;
+      a.seq_of_token = in.seq_of_token;
+      a.n_heads = static_cast<std::int32_t>(n_heads_);
+      a.n_kv_heads = static_cast<std::int32_t>(n_kv_heads_);
+      a.head_dim = static_cast<std::int32_t>(hd);
+      a.block_size = bs;
+      a.scale = attn_scale;
+      be_.attention(a);
+      be_.matmul(L.wo, attn, proj);
+      all_reduce(proj);
+      be_.add(x, proj);
 
-    be_.rmsnorm(x_.data(), LW.ffn_norm.data(), c.rms_norm_eps, n, H, xn_.data());
-    const kernels::matmul_job gate_up[] = {{L.w_gate, gate_.data()}, {L.w_up, up_.data()}};
-    be_.matmul_multi(gate_up, xn_.data(), n);
-    be_.silu_mul(gate_.data(), up_.data(), n * ffn_);
-    be_.matmul(L.w_down, gate_.data(), n, proj_.data());
-    if (shard_.world_size > 1) comm_->all_reduce_sum(proj_.data(), proj_.size());
-    be_.add(x_.data(), proj_.data(), n * H);
+      be_.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, xn);
+      const kernels::matmul_job gate_up[] = {{L.mlp.gate, gate}, {L.mlp.up, up}};
+      be_.matmul_multi(gate_up, xn);
+      be_.silu_mul(gate, up);
+      be_.matmul(L.mlp.down, gate, proj);
+      all_reduce(proj);
+      be_.add(x, proj);
+    }
   }
 
   const std::int64_t nl = static_cast<std::int64_t>(b.logit_rows.size());
-  rows_.resize(nl * H);
-  for (std::int64_t i = 0; i < nl; ++i) {
-    std::memcpy(rows_.data() + i * H, x_.data() + static_cast<std::int64_t>(b.logit_rows[i]) * H, H * sizeof(float));
+  logits.resize(static_cast<std::size_t>(nl * c.vocab_size));
+  if (nl == 0) {
+    be_.idle();
+    return;
   }
-  xn_.resize(std::max<std::int64_t>(n, nl) * H);
-  be_.rmsnorm(rows_.data(), W.out_norm.data(), c.rms_norm_eps, nl, H, xn_.data());
-  logits.resize(nl * c.vocab_size);
-  be_.matmul(W.lm_head.m, xn_.data(), nl, logits.data());
+  const tensor rows = scratch_.take(dtype::f32, nl, H);
+  const tensor rows_n = scratch_.take(dtype::f32, nl, H);
+  const tensor picked = scratch_.take(dtype::i32, 1, nl);
+  const tensor out = scratch_.take(dtype::f32, nl, c.vocab_size);
+  be_.from_host(picked, b.logit_rows.data());
+  be_.gather_rows(rows, x, picked);
+  be_.rmsnorm(rows, out_norm_, c.rms_norm_eps, rows_n);
+  be_.matmul(lm_head_, rows_n, out);
+  be_.to_host(out, logits.data());
   be_.idle();
 }
 

@@ -1,6 +1,9 @@
 #pragma once
-// DeepSeek mixture of experts: the router (which routed experts each token goes to, with what
-// weight) and the batched execution of a layer's experts (a step's tokens grouped by expert).
+// DeepSeek mixture of experts on a backend: the router (each token's experts and weights, the
+// backend's moe_route op) and the batched execution of a layer's experts: the step's tokens are
+// gathered per expert, each expert runs one matmul over all of its tokens, and the results are
+// scattered back weighted (gather_rows / scatter_add_rows). Only the routing decisions (token ->
+// expert ids) come to the host, to know which expert gets how many rows.
 
 #include <cstdint>
 #include <vector>
@@ -17,39 +20,41 @@ struct expert_range {
   std::int64_t end = -1;   // Default: -1 (n_routed_experts)
 };
 
-/// One token's routing decision: experts in selection order and their combine weights.
-struct token_route {
-  std::vector<std::int32_t> experts;  // [experts_per_tok]
-  std::vector<float> weights;         // [experts_per_tok]
-  std::vector<std::int32_t> groups;   // the groups kept (grouped methods), best first
+/// One gated MLP's matrices on this shard, registered with its backend.
+struct mlp_matrices {
+  kernels::matrix gate;  // [intermediate, hidden]
+  kernels::matrix up;    // [intermediate, hidden]
+  kernels::matrix down;  // [hidden, intermediate]
+  bool empty() const { return gate.data == nullptr; }
 };
 
-/// Routes one token from the router's outputs `logits` [n_routed_experts], as the published
-/// definition does: scores = sigmoid or softmax of the logits; `bias` (e_score_correction_bias,
-/// noaux_tc only, may be null) is added only to choose; grouped methods keep the topk_group groups
-/// with the best group score (noaux_tc: sum of the group's top-2 biased scores; group_limited_greedy:
-/// its best score), then take the top experts_per_tok there; the weights are the unbiased scores,
-/// normalized when norm_topk_prob, scaled by routed_scaling_factor.
-token_route route_token(const moe_config& c, const float* logits, const float* bias);
+/// y = down(silu(gate(x)) * up(x)) on the rows of x; temporaries come from `scratch`.
+void run_mlp(kernels::backend& be, kernels::scratch_arena& scratch, const mlp_matrices& w, const kernels::tensor& x,
+             const kernels::tensor& y);
 
-/// Runs the MoE part of one layer for a batch.
+/// One MoE layer's weights on this shard.
+struct moe_layer {
+  kernels::matrix router;             // [n_routed_experts, hidden]: every rank routes every token
+  kernels::tensor router_bias;        // [1, n_routed_experts] e_score_correction_bias; empty if none
+  std::vector<mlp_matrices> experts;  // [n_routed_experts]: whole, or column slices (tensor parallel)
+  mlp_matrices shared;                // the shared experts' MLP; empty where this rank runs none
+};
+
+/// The model's routing settings as the backend's moe_route op takes them.
+kernels::moe_routing routing_of(const moe_config& c);
+
+/// Runs the MoE part of one layer for a batch; keeps the host-side bookkeeping between steps.
 class moe_executor {
  public:
   /// out[t, :] = sum over the routed experts of token t that lie in `owned` of weight * expert(x[t])
-  /// plus, when `shared` is not null, the shared experts' MLP of x[t]. The router (`l.router`,
-  /// `l.router_bias`) sees every expert; `experts` [n_routed_experts] are the MLPs this shard runs
-  /// (whole, or column slices under tensor parallelism). x, out: [n, hidden].
-  void forward(kernels::backend& be, const moe_config& c, const layer_weights& l,
-               const std::vector<mlp_weights>& experts, const mlp_weights* shared, const float* x,
-               std::int64_t n, std::int64_t hidden, expert_range owned, float* out);
+  /// plus the shared experts' MLP of x[t] when this shard runs them. x, out: [n, hidden].
+  void forward(kernels::backend& be, kernels::scratch_arena& scratch, const kernels::moe_routing& r,
+               const moe_layer& layer, const kernels::tensor& x, expert_range owned, const kernels::tensor& out);
 
  private:
-  std::vector<float> logits_, xs_, gate_, up_, ys_;
-  std::vector<std::vector<std::pair<std::int64_t, float>>> by_expert_;  // [expert] -> (token, weight)
+  std::vector<std::int32_t> chosen_;              // [n, top_k] expert ids, from the backend
+  std::vector<std::int32_t> rows_, picks_;        // per expert, grouped: token rows, their [t * k + i]
+  std::vector<std::int64_t> begin_, count_;       // [n_experts]: where each expert's rows start, how many
 };
-
-/// gate/up/down MLP on n rows: y = down(silu(gate(x)) * up(x)). `gate`/`up` are scratch.
-void run_mlp(kernels::backend& be, const mlp_weights& w, const float* x, std::int64_t n, float* y,
-             std::vector<float>& gate, std::vector<float>& up);
 
 }  // namespace shoal

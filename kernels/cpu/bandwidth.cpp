@@ -1,6 +1,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12's own intrinsics headers
-#include "kernels/cpu/bandwidth.hpp"
+#include "kernels/host.hpp"
 
 #include <immintrin.h>
 #include <sys/mman.h>
@@ -57,16 +57,21 @@ float sum_plain(const float* p, std::int64_t n) {
 
 }  // namespace
 
-bandwidth_sample measure_read_bandwidth(int threads, std::int64_t bytes, int passes) {
+}  // namespace shoal::kernels::cpu
+
+namespace shoal::kernels {
+
+bandwidth_sample measure_host_read_bandwidth(int threads, std::int64_t bytes, int passes) {
   threads = std::max(threads, 1);
   const std::int64_t n = bytes / 4 / (64 * threads) * (64 * threads);
   void* mem = ::mmap(nullptr, static_cast<std::size_t>(n * 4), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return {};
   auto* p = static_cast<float*>(mem);
   std::memset(p, 0, static_cast<std::size_t>(n * 4));  // fault every page in before timing
-  const isa level = best_isa();
+  using cpu::isa;
+  const isa level = cpu::best_isa();
   auto sum = [&](const float* q, std::int64_t m) {
-    return level == isa::avx512 ? sum_avx512(q, m) : level == isa::avx2 ? sum_avx2(q, m) : sum_plain(q, m);
+    return level == isa::avx512 ? cpu::sum_avx512(q, m) : level == isa::avx2 ? cpu::sum_avx2(q, m) : cpu::sum_plain(q, m);
   };
   std::vector<double> rates;
   volatile float sink = 0;
@@ -87,4 +92,4 @@ bandwidth_sample measure_read_bandwidth(int threads, std::int64_t bytes, int pas
   return {rates[rates.size() / 2], rates.back(), n * 4};
 }
 
-}  // namespace shoal::kernels::cpu
+}  // namespace shoal::kernels

@@ -1,4 +1,5 @@
 #include "kernels/cpu/cpu_features.hpp"
+#include "kernels/host.hpp"
 
 #include <cpuid.h>
 
@@ -99,3 +100,9 @@ std::string describe_cpu() {
 }
 
 }  // namespace shoal::kernels::cpu
+
+namespace shoal::kernels {
+
+std::string describe_host_cpu() { return cpu::describe_cpu(); }
+
+}  // namespace shoal::kernels

@@ -1,13 +1,18 @@
-// The fast CPU backend: per-type matmul kernels at the best instruction level, rows split across a
+// The fast CPU backend: per-type matmul kernels at one instruction level, rows split across a
 // persistent thread pool; the small ops (norms, RoPE, activation) stay on the calling thread where
-// they cost microseconds, attention is split by (token, head).
+// they cost microseconds, attention is split by (token, head). Memory and data movement are the
+// host backend's (host_backend.hpp).
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
+#include "engine/common/error.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/host_backend.hpp"
 #include "kernels/cpu/matmul_kernels.hpp"
 #include "kernels/cpu/thread_pool.hpp"
 
@@ -15,23 +20,44 @@ namespace shoal::kernels {
 
 namespace {
 
+using cpu::expect_host;
 using cpu::isa;
 
-class fast_backend final : public backend {
+class fast_backend final : public cpu::host_backend {
  public:
-  explicit fast_backend(int threads) : pool_(threads), level_(cpu::best_isa()) {
+  fast_backend(int threads, isa level) : pool_(threads), level_(level) {
     name_ = std::string("cpu-") + cpu::to_string(level_) + "-x" + std::to_string(pool_.size());
   }
 
   const char* name() const override { return name_.c_str(); }
 
-  void matmul(const matrix& w, const float* x, std::int64_t n, float* y) override {
+  void matmul(const matrix& w, const tensor& x, const tensor& y) override {
     matmul_job j{w, y};
-    matmul_multi(std::span<const matmul_job>(&j, 1), x, n);
+    matmul_multi(std::span<const matmul_job>(&j, 1), x);
   }
 
-  void matmul_multi(std::span<const matmul_job> jobs, const float* x, std::int64_t n) override {
+  void matmul_multi(std::span<const matmul_job> jobs, const tensor& x_in) override {
+    const std::int64_t n = x_in.rows;
     if (jobs.empty() || n == 0) return;
+    expect_host(x_in, dtype::f32, "matmul x");
+    // The kernels read x as [n, cols] rows back to back: a strided view (one head of a wider
+    // activation) is packed first.
+    const float* x = static_cast<const float*>(x_in.data);
+    if (!x_in.contiguous()) {
+      packed_.resize(static_cast<std::size_t>(n * x_in.cols));
+      for (std::int64_t t = 0; t < n; ++t) {
+        std::memcpy(packed_.data() + t * x_in.cols, x_in.row<float>(t), static_cast<std::size_t>(x_in.cols) * 4);
+      }
+      x = packed_.data();
+    }
+    for (const auto& j : jobs) {
+      expect_host(j.y, dtype::f32, "matmul y");
+      if (j.w.cols != x_in.cols || j.y.cols != j.w.rows || j.y.rows != n) {
+        throw error(errc::internal, "matmul: x [" + std::to_string(n) + ", " + std::to_string(x_in.cols) + "], w [" +
+                                        std::to_string(j.w.rows) + ", " + std::to_string(j.w.cols) + "], y [" +
+                                        std::to_string(j.y.rows) + ", " + std::to_string(j.y.cols) + "]");
+      }
+    }
     // Activations are prepared once per weight type; jobs of the same type share it.
     prepared_.resize(jobs.size());
     kernels_.resize(jobs.size());
@@ -69,40 +95,50 @@ class fast_backend final : public backend {
         const std::int64_t lo = std::max(begin, offsets_[i]);
         const std::int64_t hi = std::min({end, offsets_[i + 1], offsets_[i] + jobs[i].w.rows});
         if (lo >= hi) continue;
-        kernels_[i]->run(jobs[i].w, prepared_[prep_of_[i]], jobs[i].y, jobs[i].w.rows, lo - offsets_[i],
-                         hi - offsets_[i], level_);
+        kernels_[i]->run(jobs[i].w, prepared_[prep_of_[i]], static_cast<float*>(jobs[i].y.data), jobs[i].y.row_stride,
+                         lo - offsets_[i], hi - offsets_[i], level_);
       }
     });
   }
 
-  void embed(const matrix& table, std::span<const std::int32_t> ids, float* out) override {
-    for (std::size_t t = 0; t < ids.size(); ++t) dequantize_row(table, ids[t], out + t * table.cols);
+  void embed(const matrix& table, const tensor& ids, const tensor& out) override {
+    const auto* ix = cpu::checked_index(ids, out.rows, table.rows, "embed");
+    expect_host(out, dtype::f32, "embed");
+    for (std::int64_t t = 0; t < out.rows; ++t) dequantize_row(table, ix[t], out.row<float>(t));
   }
 
-  void rmsnorm(const float* x, const float* weight, float eps, std::int64_t n, std::int64_t dim, float* y) override {
-    for (std::int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * dim;
+  void rmsnorm(const tensor& x, const tensor& weight, float eps, const tensor& y) override {
+    expect_host(x, dtype::f32, "rmsnorm x");
+    expect_host(y, dtype::f32, "rmsnorm y");
+    const float* w = weight.row<float>(0);
+    const std::int64_t dim = x.cols;
+    for (std::int64_t t = 0; t < x.rows; ++t) {
+      const float* xt = x.row<float>(t);
       float ss = 0.0f;
       for (std::int64_t i = 0; i < dim; ++i) ss += xt[i] * xt[i];
       const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
-      float* yt = y + t * dim;
-      for (std::int64_t i = 0; i < dim; ++i) yt[i] = xt[i] * inv * weight[i];
+      float* yt = y.row<float>(t);
+      for (std::int64_t i = 0; i < dim; ++i) yt[i] = xt[i] * inv * w[i];
     }
   }
 
-  void rope(float* x, std::span<const std::int32_t> positions, std::int32_t n_heads, std::int32_t head_dim,
-            std::int32_t rot_dim, rope_style style, const float* inv_freq, float attn_factor) override {
+  void rope(const tensor& x, const tensor& positions, std::int32_t n_heads, std::int32_t head_dim,
+            std::int32_t rot_dim, rope_style style, const tensor& inv_freq, float attn_factor) override {
+    expect_host(x, dtype::f32, "rope");
+    expect_host(positions, dtype::i32, "rope positions");
+    const auto* pos = static_cast<const std::int32_t*>(positions.data);
+    const float* freq = inv_freq.row<float>(0);
     const std::int32_t half = rot_dim / 2;
-    cos_.resize(half);
-    sin_.resize(half);
-    for (std::size_t t = 0; t < positions.size(); ++t) {
+    cos_.resize(static_cast<std::size_t>(half));
+    sin_.resize(static_cast<std::size_t>(half));
+    for (std::int64_t t = 0; t < x.rows; ++t) {
       for (std::int32_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        const float angle = static_cast<float>(pos[t]) * freq[i];
         cos_[i] = std::cos(angle) * attn_factor;
         sin_[i] = std::sin(angle) * attn_factor;
       }
       for (std::int32_t h = 0; h < n_heads; ++h) {
-        float* v = x + (t * n_heads + h) * head_dim;
+        float* v = x.row<float>(t) + static_cast<std::int64_t>(h) * head_dim;
         for (std::int32_t i = 0; i < half; ++i) {
           const std::int32_t a = style == rope_style::neox ? i : 2 * i;
           const std::int32_t b = style == rope_style::neox ? i + half : 2 * i + 1;
@@ -115,24 +151,30 @@ class fast_backend final : public backend {
   }
 
   void attention(const attention_args& a) override {
-    const std::int64_t n_tokens = static_cast<std::int64_t>(a.positions.size());
+    expect_host(a.q, dtype::f32, "attention q");
+    expect_host(a.out, dtype::f32, "attention out");
+    expect_host(a.k_cache, dtype::f32, "attention k_cache");
+    expect_host(a.v_cache, dtype::f32, "attention v_cache");
+    expect_host(a.block_tables, dtype::i32, "attention block tables");
+    const std::int64_t n_tokens = a.q.rows;
+    const auto* pos = cpu::checked_index(a.positions, n_tokens, std::numeric_limits<std::int32_t>::max(), "attention positions");
+    const auto* seq = cpu::checked_index(a.seq_of_token, n_tokens, a.block_tables.rows, "attention sequences");
     const std::int32_t group = a.n_heads / a.n_kv_heads;
-    const std::int64_t token_stride = static_cast<std::int64_t>(a.n_kv_heads) * a.head_dim;
     scores_.resize(static_cast<std::size_t>(pool_.size()));
     pool_.parallel_for(n_tokens * a.n_heads, 1, [&](int thread, std::int64_t begin, std::int64_t end) {
       auto& scores = scores_[thread];
       for (std::int64_t job = begin; job < end; ++job) {
         const std::int64_t t = job / a.n_heads;
         const std::int32_t h = static_cast<std::int32_t>(job % a.n_heads);
-        const std::int32_t n_ctx = a.positions[t] + 1;
-        const std::int32_t* table = a.block_tables[t];
-        scores.resize(n_ctx);
-        const float* q = a.q + (t * a.n_heads + h) * a.head_dim;
+        const std::int32_t n_ctx = pos[t] + 1;
+        const std::int32_t* table = a.block_tables.row<std::int32_t>(seq[t]);
+        scores.resize(static_cast<std::size_t>(n_ctx));
+        const float* q = a.q.row<float>(t) + static_cast<std::int64_t>(h) * a.head_dim;
         const std::int32_t kvh = h / group;
         float max_score = -INFINITY;
         for (std::int32_t p = 0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size;
-          const float* k = a.k_cache + slot * token_stride + kvh * a.head_dim;
+          const float* k = a.k_cache.row<float>(slot) + static_cast<std::int64_t>(kvh) * a.head_dim;
           float dot = 0.0f;
           for (std::int32_t i = 0; i < a.head_dim; ++i) dot += q[i] * k[i];
           scores[p] = dot * a.scale;
@@ -144,11 +186,11 @@ class fast_backend final : public backend {
           sum += scores[p];
         }
         const float inv = 1.0f / sum;
-        float* out = a.out + (t * a.n_heads + h) * a.head_dim;
-        std::memset(out, 0, a.head_dim * sizeof(float));
+        float* out = a.out.row<float>(t) + static_cast<std::int64_t>(h) * a.head_dim;
+        std::memset(out, 0, static_cast<std::size_t>(a.head_dim) * sizeof(float));
         for (std::int32_t p = 0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size;
-          const float* v = a.v_cache + slot * token_stride + kvh * a.head_dim;
+          const float* v = a.v_cache.row<float>(slot) + static_cast<std::int64_t>(kvh) * a.head_dim;
           const float wgt = scores[p] * inv;
           for (std::int32_t i = 0; i < a.head_dim; ++i) out[i] += wgt * v[i];
         }
@@ -156,12 +198,28 @@ class fast_backend final : public backend {
     });
   }
 
-  void silu_mul(float* gate, const float* up, std::int64_t n) override {
-    for (std::int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  void silu_mul(const tensor& gate, const tensor& up) override {
+    expect_host(gate, dtype::f32, "silu_mul gate");
+    expect_host(up, dtype::f32, "silu_mul up");
+    for (std::int64_t t = 0; t < gate.rows; ++t) {
+      float* g = gate.row<float>(t);
+      const float* u = up.row<float>(t);
+      for (std::int64_t i = 0; i < gate.cols; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    }
   }
 
-  void add(float* y, const float* x, std::int64_t n) override {
-    for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+  void add(const tensor& y, const tensor& x, float scale) override {
+    expect_host(y, dtype::f32, "add y");
+    expect_host(x, dtype::f32, "add x");
+    for (std::int64_t t = 0; t < y.rows; ++t) {
+      float* yt = y.row<float>(t);
+      const float* xt = x.row<float>(x.rows == 1 ? 0 : t);
+      if (scale == 1.0f) {
+        for (std::int64_t i = 0; i < y.cols; ++i) yt[i] += xt[i];
+      } else {
+        for (std::int64_t i = 0; i < y.cols; ++i) yt[i] += scale * xt[i];
+      }
+    }
   }
 
   void idle() override { pool_.park(); }
@@ -174,12 +232,35 @@ class fast_backend final : public backend {
   std::vector<const cpu::matmul_kernel*> kernels_;
   std::vector<int> prep_of_;
   std::vector<std::int64_t> offsets_;
+  std::vector<float> packed_;
   std::vector<std::vector<float>> scores_;
   std::vector<float> cos_, sin_;
 };
 
 }  // namespace
 
-std::unique_ptr<backend> make_cpu_backend(int threads) { return std::make_unique<fast_backend>(std::max(threads, 1)); }
+std::unique_ptr<backend> make_cpu_backend(int threads) {
+  return std::make_unique<fast_backend>(std::max(threads, 1), cpu::best_isa());
+}
+
+std::unique_ptr<backend> make_cpu_backend(int threads, const std::string& level) {
+  for (auto l : {isa::portable, isa::avx2, isa::avx512}) {
+    if (level != cpu::to_string(l)) continue;
+    if (l > cpu::best_isa()) {
+      throw error(errc::unsupported, "this CPU cannot run the " + level + " kernels (best: " +
+                                         cpu::to_string(cpu::best_isa()) + ")");
+    }
+    return std::make_unique<fast_backend>(std::max(threads, 1), l);
+  }
+  throw error(errc::invalid_argument, "unknown CPU kernel level '" + level + "' (portable, avx2, avx512)");
+}
+
+std::vector<std::string> cpu_levels() {
+  std::vector<std::string> out;
+  for (auto l : {isa::portable, isa::avx2, isa::avx512}) {
+    if (l <= cpu::best_isa()) out.push_back(cpu::to_string(l));
+  }
+  return out;
+}
 
 }  // namespace shoal::kernels

@@ -588,7 +588,7 @@ std::vector<std::vector<float>> forward_all(const shoal::model& m, const std::ve
   std::vector<std::int32_t> table(static_cast<std::size_t>(runner.cache().num_blocks()));
   std::iota(table.begin(), table.end(), 0);
   shoal::forward_batch b;
-  for (std::size_t i = 0; i < ids.size(); ++i) b.add(ids[i], static_cast<std::int32_t>(i), table.data(), true);
+  for (std::size_t i = 0; i < ids.size(); ++i) b.add(ids[i], static_cast<std::int32_t>(i), table, true);
   std::vector<float> flat;
   runner.forward(b, flat);
   std::vector<std::vector<float>> out(ids.size());
@@ -885,7 +885,7 @@ BOOST_AUTO_TEST_CASE(bad_splits_are_refused, *boost::unit_test::precondition(nee
   struct no_comm final : shoal::communicator {
     int rank() const override { return 0; }
     int world_size() const override { return 2; }
-    void all_reduce_sum(float*, std::size_t) override {}
+    void all_reduce_sum(const shoal::kernels::tensor&) override {}
   } comm;
   auto be = shoal::kernels::make_reference_backend();
   auto tensor_split = [&] { shoal::model_runner runner(*m, *be, shoal::shard_spec{0, 3}, &comm, {}); };

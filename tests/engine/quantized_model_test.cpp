@@ -67,14 +67,14 @@ std::vector<std::vector<float>> teacher_forced(const shoal::model& m,
   if (!decode) {
     shoal::forward_batch b;
     for (std::size_t p = 0; p < ids.size(); ++p)
-      b.add(ids[p], static_cast<std::int32_t>(p), table.data(), true);
+      b.add(ids[p], static_cast<std::int32_t>(p), table, true);
     runner.forward(b, logits);
     for (std::size_t p = 0; p < ids.size(); ++p)
       out.emplace_back(logits.begin() + p * V, logits.begin() + (p + 1) * V);
   } else {
     for (std::size_t p = 0; p < ids.size(); ++p) {
       shoal::forward_batch b;
-      b.add(ids[p], static_cast<std::int32_t>(p), table.data(), true);
+      b.add(ids[p], static_cast<std::int32_t>(p), table, true);
       runner.forward(b, logits);
       out.emplace_back(logits.begin(), logits.begin() + V);
     }
@@ -326,7 +326,7 @@ BOOST_AUTO_TEST_CASE(k_quant_gguf_runs_like_the_reference,
             shoal::forward_batch b;
             const std::size_t end = decode ? p + 1 : ids.size();
             for (std::size_t k = p; k < end; ++k)
-              b.add(ids[k], static_cast<std::int32_t>(k), table.data(), true);
+              b.add(ids[k], static_cast<std::int32_t>(k), table, true);
             runner.forward(b, logits);
             all.insert(all.end(), logits.begin(), logits.end());
           }

@@ -36,7 +36,7 @@ std::vector<float> prefill_logits(shoal::model_runner& r, const std::vector<std:
   std::vector<std::int32_t> table;
   for (std::int32_t b = 0; b < r.cache().num_blocks(); ++b) table.push_back(b);
   shoal::forward_batch batch;
-  for (std::size_t i = 0; i < ids.size(); ++i) batch.add(ids[i], static_cast<std::int32_t>(i), table.data(), true);
+  for (std::size_t i = 0; i < ids.size(); ++i) batch.add(ids[i], static_cast<std::int32_t>(i), table, true);
   std::vector<float> logits;
   r.forward(batch, logits);
   return logits;
@@ -72,7 +72,9 @@ class thread_comm final : public shoal::communicator {
   thread_comm(shared_state& s, int rank, int world) : s_(s), rank_(rank), world_(world) {}
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
-  void all_reduce_sum(float* data, std::size_t n) override {
+  void all_reduce_sum(const shoal::kernels::tensor& t) override {
+    float* data = static_cast<float*>(t.data);
+    const auto n = static_cast<std::size_t>(t.elements());
     s_.bufs[rank_] = data;
     s_.bar.arrive_and_wait();
     std::vector<float> sum(n, 0.0f);
@@ -117,7 +119,7 @@ BOOST_AUTO_TEST_CASE(prefill_equals_stepwise_decode, *boost::unit_test::precondi
   std::vector<float> got, logits;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     shoal::forward_batch b;
-    b.add(ids[i], static_cast<std::int32_t>(i), table.data(), true);
+    b.add(ids[i], static_cast<std::int32_t>(i), table, true);
     step.forward(b, logits);
     got.insert(got.end(), logits.begin(), logits.end());
   }
@@ -135,8 +137,8 @@ BOOST_AUTO_TEST_CASE(batched_sequences_equal_alone, *boost::unit_test::precondit
   shoal::model_runner both(*m, *be, {}, nullptr, shoal::kv_cache_options{.block_size = 4, .num_blocks = 16});
   std::vector<std::int32_t> ta = {0, 2, 4}, tb = {1, 3};
   shoal::forward_batch batch;
-  for (std::size_t i = 0; i < a.size(); ++i) batch.add(a[i], static_cast<std::int32_t>(i), ta.data(), true);
-  for (std::size_t i = 0; i < b.size(); ++i) batch.add(b[i], static_cast<std::int32_t>(i), tb.data(), true);
+  for (std::size_t i = 0; i < a.size(); ++i) batch.add(a[i], static_cast<std::int32_t>(i), ta, true);
+  for (std::size_t i = 0; i < b.size(); ++i) batch.add(b[i], static_cast<std::int32_t>(i), tb, true);
   std::vector<float> logits;
   both.forward(batch, logits);
   const std::size_t V = static_cast<std::size_t>(m->config().vocab_size);

@@ -82,7 +82,7 @@ BOOST_AUTO_TEST_CASE(each_level_matches_reference) {
       for (std::int64_t n : {1, 3, 4, 5, 7, 13}) {
         auto x = make_x(n, cols, n);
         std::vector<float> want(n * rows);
-        ref->matmul(w.m, x.data(), n, want.data());
+        ref->matmul(w.m, host_tensor(x.data(), n, w.m.cols), host_tensor(want.data(), n, w.m.rows));
         for (auto level : levels()) {
           const auto& k = cpu::matmul_kernel_for(t);
           cpu::prepared_input p{x.data(), n, cols, {}};
@@ -115,8 +115,8 @@ BOOST_AUTO_TEST_CASE(column_windows_and_row_slices) {
     for (std::int64_t n : {1, 6}) {
       auto x = make_x(n, 86, 3);
       std::vector<float> want(n * 6), got(n * 6);
-      ref->matmul(win, x.data(), n, want.data());
-      fast->matmul(win, x.data(), n, got.data());
+      ref->matmul(win, host_tensor(x.data(), n, win.cols), host_tensor(want.data(), n, win.rows));
+      fast->matmul(win, host_tensor(x.data(), n, win.cols), host_tensor(got.data(), n, win.rows));
       check_close(win, x, n, got, want, n >= 5 && t != dtype::f32 ? 8e-3f : 1e-5f, to_string(t));
     }
   }
@@ -130,11 +130,13 @@ BOOST_AUTO_TEST_CASE(fused_multi_matmul_through_the_pool) {
     for (std::int64_t n : {1, 9}) {
       auto x = make_x(n, 96, 4);
       std::vector<float> ya(n * 37), yb(n * 5), yc(n * 11);
-      const matmul_job jobs[] = {{a.m, ya.data()}, {b.m, yb.data()}, {c.m, yc.data()}};
-      fast->matmul_multi(jobs, x.data(), n);
+      const matmul_job jobs[] = {{a.m, host_tensor(ya.data(), n, a.m.rows)},
+                                 {b.m, host_tensor(yb.data(), n, b.m.rows)},
+                                 {c.m, host_tensor(yc.data(), n, c.m.rows)}};
+      fast->matmul_multi(jobs, host_tensor(x.data(), n, 96));
       for (auto* tm : {&a, &b, &c}) {
         std::vector<float> want(n * tm->m.rows);
-        ref->matmul(tm->m, x.data(), n, want.data());
+        ref->matmul(tm->m, host_tensor(x.data(), n, 96), host_tensor(want.data(), n, tm->m.rows));
         const auto& got = tm == &a ? ya : tm == &b ? yb : yc;
         const bool tiles = cpu::best_isa() == cpu::isa::avx512 && tm->m.type != dtype::f32 && n >= 5;
         check_close(tm->m, x, n, got, want, tiles ? 8e-3f : 1e-5f, "threads " + std::to_string(threads));
@@ -148,15 +150,15 @@ BOOST_AUTO_TEST_CASE(other_ops_match_reference) {
   auto fast = make_cpu_backend(2);
   auto x = make_x(3, 64, 7), w = make_x(1, 64, 8);
   std::vector<float> a(3 * 64), b(3 * 64);
-  ref->rmsnorm(x.data(), w.data(), 1e-5f, 3, 64, a.data());
-  fast->rmsnorm(x.data(), w.data(), 1e-5f, 3, 64, b.data());
+  ref->rmsnorm(host_tensor(x.data(), 3, 64), host_tensor(w.data(), 1, 64), 1e-5f, host_tensor(a.data(), 3, 64));
+  fast->rmsnorm(host_tensor(x.data(), 3, 64), host_tensor(w.data(), 1, 64), 1e-5f, host_tensor(b.data(), 3, 64));
   for (std::size_t i = 0; i < a.size(); ++i) BOOST_TEST(std::fabs(a[i] - b[i]) <= 1e-5f * (1 + std::fabs(a[i])));
   std::vector<float> inv = {1.0f, 0.1f, 0.01f, 0.001f};
   std::vector<std::int32_t> pos = {0, 5, 300};
   for (auto style : {rope_style::neox, rope_style::interleaved}) {
     auto q1 = make_x(3, 2 * 8, 9), q2 = q1;
-    ref->rope(q1.data(), pos, 2, 8, 8, style, inv.data(), 1.0f);
-    fast->rope(q2.data(), pos, 2, 8, 8, style, inv.data(), 1.0f);
+    ref->rope(host_tensor(q1.data(), 3, 16), host_tensor(pos.data(), 1, 3), 2, 8, 8, style, host_tensor(inv.data(), 1, 4), 1.0f);
+    fast->rope(host_tensor(q2.data(), 3, 16), host_tensor(pos.data(), 1, 3), 2, 8, 8, style, host_tensor(inv.data(), 1, 4), 1.0f);
     for (std::size_t i = 0; i < q1.size(); ++i) BOOST_TEST(std::fabs(q1[i] - q2[i]) <= 1e-5f);
   }
 }

@@ -449,7 +449,7 @@ BOOST_AUTO_TEST_CASE(through_the_fast_backend) {
       for (std::int64_t n : {1, 6}) {
         auto x = make_x(n, cols, 11);
         std::vector<float> got(n * 37, NAN);
-        fast->matmul(w.m, x.data(), n, got.data());
+        fast->matmul(w.m, host_tensor(x.data(), n, w.m.cols), host_tensor(got.data(), n, w.m.rows));
         check_against_reference(w.m, x, n, got,
                                 std::string("backend ") + to_string(t) + " threads " +
                                     std::to_string(threads) + " n " + std::to_string(n));

@@ -8,8 +8,6 @@
 //                     [--group G] [--seconds S] [--hot] [--no-stream]
 // SHOAL_ISA=portable|avx2 caps the instruction level.
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,51 +18,13 @@
 #include <vector>
 
 #include "kernels/backend.hpp"
-#include "kernels/cpu/cpu_features.hpp"
-#include "kernels/cpu/thread_pool.hpp"
+#include "kernels/host.hpp"
 
 using namespace shoal;
 using namespace shoal::kernels;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-__attribute__((target("avx2"))) std::uint64_t read_sum(const std::uint8_t* p, std::size_t n) {
-  __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-  for (std::size_t i = 0; i + 128 <= n; i += 128) {
-    acc0 = _mm256_add_epi64(acc0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-    acc1 = _mm256_add_epi64(acc1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-    acc2 = _mm256_add_epi64(acc2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-    acc3 = _mm256_add_epi64(acc3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-  }
-  acc0 = _mm256_add_epi64(_mm256_add_epi64(acc0, acc1), _mm256_add_epi64(acc2, acc3));
-  std::uint64_t lanes[4];
-  std::memcpy(lanes, &acc0, 32);
-  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-}
-
-// Read bandwidth (GB/s) with `threads` threads, best of several passes over a 1 GiB buffer.
-double stream_read(int threads) {
-  const std::size_t bytes = std::size_t{1} << 30;
-  std::vector<std::uint8_t> buf(bytes, 1);
-  cpu::thread_pool pool(threads);
-  double best = 0;
-  std::vector<std::uint64_t> sink(threads);
-  for (int rep = 0; rep < 5; ++rep) {
-    auto t0 = clock_type::now();
-    pool.parallel_for(
-        static_cast<std::int64_t>(bytes / 4096), 1, [&](int ti, std::int64_t b, std::int64_t e) {
-          sink[ti] += read_sum(buf.data() + b * 4096, static_cast<std::size_t>(e - b) * 4096);
-        });
-    best = std::max(best, bytes / seconds_since(t0) / 1e9);
-  }
-  if (sink[0] == 42) std::printf(" ");
-  return best;
-}
 
 struct quant_matrix {
   std::vector<std::uint8_t> data;
@@ -152,12 +112,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  std::printf("cpu: %s, level %s, threads %d, matrix %lld x %lld, n %lld\n",
-              cpu::describe_cpu().c_str(), cpu::to_string(cpu::best_isa()), threads,
-              static_cast<long long>(rows), static_cast<long long>(cols),
-              static_cast<long long>(n));
-  if (stream) std::printf("stream read: %.1f GB/s\n", stream_read(threads));
   auto be = make_cpu_backend(threads);
+  std::printf("cpu: %s, backend %s, matrix %lld x %lld, n %lld\n", describe_host_cpu().c_str(), be->name(),
+              static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(n));
+  if (stream) std::printf("stream read: %.1f GB/s\n", measure_host_read_bandwidth(threads).best_gb_per_s);
   std::mt19937_64 rng(1);
   std::vector<float> x(static_cast<std::size_t>(n * cols)), y(static_cast<std::size_t>(n * rows));
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -175,13 +133,13 @@ int main(int argc, char** argv) {
         hot ? 1 : std::max<std::int64_t>(2, (std::int64_t{512} << 20) / one + 1);
     for (std::int64_t k = 0; k < copies; ++k) ms.push_back(make(t, rows, cols, group, rng));
     const std::int64_t bytes = ms[0].m.bytes();
-    for (auto& m : ms) be->matmul(m.m, x.data(), n, y.data());  // warm-up
+    for (auto& m : ms) be->matmul(m.m, host_tensor(x.data(), n, m.m.cols), host_tensor(y.data(), n, m.m.rows));  // warm-up
     // Best pass over all copies: the machine is shared, and interference only ever slows a pass.
     double per_call = 1e30;
     auto t0 = clock_type::now();
     while (seconds_since(t0) < secs) {
       auto p0 = clock_type::now();
-      for (auto& m : ms) be->matmul(m.m, x.data(), n, y.data());
+      for (auto& m : ms) be->matmul(m.m, host_tensor(x.data(), n, m.m.cols), host_tensor(y.data(), n, m.m.rows));
       per_call = std::min(per_call, seconds_since(p0) / static_cast<double>(ms.size()));
     }
     std::printf("%-5s %8.3f ms/matmul  %6.2f GB/s of weights  %7.1f GMAC/s\n", to_string(t),

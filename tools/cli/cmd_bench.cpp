@@ -14,8 +14,7 @@
 #include "engine/common/error.hpp"
 #include "engine/model/model.hpp"
 #include "engine/runner/model_runner.hpp"
-#include "kernels/cpu/bandwidth.hpp"
-#include "kernels/cpu/cpu_features.hpp"
+#include "kernels/host.hpp"
 #include "tools/cli/commands.hpp"
 
 namespace shoal::cli {
@@ -77,8 +76,8 @@ int run_bench(const bench_args& a) {
   if (a.prompt_tokens < 1 || a.gen_tokens < 1 || a.repeat < 1) {
     throw error(errc::invalid_argument, "--prompt-tokens, --gen-tokens and --repeat must be at least 1");
   }
-  kernels::cpu::bandwidth_sample bw_before, bw_after;
-  if (!a.skip_bandwidth) bw_before = kernels::cpu::measure_read_bandwidth(threads);
+  kernels::bandwidth_sample bw_before, bw_after;
+  if (!a.skip_bandwidth) bw_before = kernels::measure_host_read_bandwidth(threads);
   // Reset the peak-RSS mark so the reported peak is the model's, not the bandwidth buffer's.
   { std::ofstream("/proc/self/clear_refs") << "5"; }
   auto before_load = resident_kb();
@@ -107,18 +106,18 @@ int run_bench(const bench_args& a) {
     // This machine's bandwidth drifts (shared hosts): sample it right before each timed decode so
     // each repeat's fraction compares numbers taken seconds apart.
     if (rep >= 0 && !a.skip_bandwidth) {
-      rep_bandwidth.push_back(kernels::cpu::measure_read_bandwidth(threads, std::int64_t{256} << 20, 3).best_gb_per_s);
+      rep_bandwidth.push_back(kernels::measure_host_read_bandwidth(threads, std::int64_t{256} << 20, 3).best_gb_per_s);
       { std::ofstream("/proc/self/clear_refs") << "5"; }
     }
     forward_batch batch;
-    for (int i = 0; i < a.prompt_tokens; ++i) batch.add(pick(rng), i, table.data(), i == a.prompt_tokens - 1);
+    for (int i = 0; i < a.prompt_tokens; ++i) batch.add(pick(rng), i, table, i == a.prompt_tokens - 1);
     const auto t0 = std::chrono::steady_clock::now();
     runner.forward(batch, logits);
     const auto t1 = std::chrono::steady_clock::now();
     std::int32_t tok = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     for (int g = 0; g < a.gen_tokens; ++g) {
       forward_batch step;
-      step.add(std::min(tok, vocab - 1), a.prompt_tokens + g, table.data(), true);
+      step.add(std::min(tok, vocab - 1), a.prompt_tokens + g, table, true);
       runner.forward(step, logits);
       tok = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     }
@@ -128,7 +127,7 @@ int run_bench(const bench_args& a) {
     decode_tps.push_back(a.gen_tokens / std::chrono::duration<double>(t2 - t1).count());
   }
   auto [rss, hwm] = resident_kb();
-  if (!a.skip_bandwidth) bw_after = kernels::cpu::measure_read_bandwidth(threads);
+  if (!a.skip_bandwidth) bw_after = kernels::measure_host_read_bandwidth(threads);
 
   const double prefill = median(prefill_tps), decode = median(decode_tps);
   const double decode_gbs = bytes_per_token * decode / 1e9;
@@ -146,7 +145,7 @@ int run_bench(const bench_args& a) {
   j["model"] = a.model;
   j["weight_type"] = to_string(m->weights().layers.empty() ? dtype::f32 : m->weights().layers[0].w_up.m.type);
   j["backend"] = be->name();
-  j["cpu_features"] = kernels::cpu::describe_cpu();
+  j["cpu_features"] = kernels::describe_host_cpu();
   j["threads"] = threads;
   j["prompt_tokens"] = a.prompt_tokens;
   j["gen_tokens"] = a.gen_tokens;

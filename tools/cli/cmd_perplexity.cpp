@@ -32,7 +32,7 @@ void window_logits(model_runner& r, const std::vector<std::int32_t>& ids, std::v
   std::vector<std::int32_t> table;
   for (std::int32_t b = 0; b < r.cache().num_blocks(); ++b) table.push_back(b);
   forward_batch batch;
-  for (std::size_t i = 0; i < ids.size(); ++i) batch.add(ids[i], static_cast<std::int32_t>(i), table.data(), true);
+  for (std::size_t i = 0; i < ids.size(); ++i) batch.add(ids[i], static_cast<std::int32_t>(i), table, true);
   r.forward(batch, logits);
 }
 

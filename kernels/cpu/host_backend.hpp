@@ -1,0 +1,40 @@
+#pragma once
+// What both CPU backends (the reference and the fast one) share: host memory (aligned allocation,
+// weights and vectors registered as zero-copy views), copies to and from the host, and the
+// data-movement ops (copy, fill, gathers and scatters, the KV store) and MoE routing, written
+// once as plain loops. The fast backend overrides the ops where threads and vector units pay.
+
+#include "kernels/backend.hpp"
+
+namespace shoal::kernels::cpu {
+
+class host_backend : public backend {
+ public:
+  device_kind device() const override { return device_kind::host; }
+
+  void* allocate(std::int64_t bytes) override;
+  void deallocate(void* p) override;
+  matrix register_weight(const matrix& host) override { return host; }
+  tensor register_vector(std::span<const float> host) override;
+  void to_host(const tensor& src, void* dst) override;
+  void from_host(const tensor& dst, const void* src) override;
+
+  void copy(const tensor& dst, const tensor& src) override;
+  void fill(const tensor& dst, float value) override;
+  void gather_rows(const tensor& dst, const tensor& src, const tensor& index) override;
+  void scatter_rows(const tensor& dst, const tensor& src, const tensor& index) override;
+  void scatter_add_rows(const tensor& dst, const tensor& src, const tensor& index, const tensor& weight) override;
+  void store_kv(const tensor& cache, const tensor& src, const tensor& slots) override;
+  void moe_route(const tensor& logits, const tensor& bias, const moe_routing& r, const tensor& experts,
+                 const tensor& weights) override;
+};
+
+/// Throws shoal::error (internal) unless `t` is a host tensor of `type`: the CPU backends'
+/// precondition on every op argument.
+void expect_host(const tensor& t, dtype type, const char* what);
+
+/// The rows of an index tensor (i32 [1, n]) checked against `limit`: an index out of range is a
+/// caller's bug and throws shoal::error (internal) instead of touching memory it does not own.
+const std::int32_t* checked_index(const tensor& index, std::int64_t n, std::int64_t limit, const char* what);
+
+}  // namespace shoal::kernels::cpu
