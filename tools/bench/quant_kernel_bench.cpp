@@ -26,6 +26,10 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
 struct quant_matrix {
   std::vector<std::uint8_t> data;
   std::vector<float> scales;
