@@ -101,27 +101,6 @@ class fast_backend final : public cpu::host_backend {
     });
   }
 
-  void embed(const matrix& table, const tensor& ids, const tensor& out) override {
-    const auto* ix = cpu::checked_index(ids, out.rows, table.rows, "embed");
-    expect_host(out, dtype::f32, "embed");
-    for (std::int64_t t = 0; t < out.rows; ++t) dequantize_row(table, ix[t], out.row<float>(t));
-  }
-
-  void rmsnorm(const tensor& x, const tensor& weight, float eps, const tensor& y) override {
-    expect_host(x, dtype::f32, "rmsnorm x");
-    expect_host(y, dtype::f32, "rmsnorm y");
-    const float* w = weight.row<float>(0);
-    const std::int64_t dim = x.cols;
-    for (std::int64_t t = 0; t < x.rows; ++t) {
-      const float* xt = x.row<float>(t);
-      float ss = 0.0f;
-      for (std::int64_t i = 0; i < dim; ++i) ss += xt[i] * xt[i];
-      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
-      float* yt = y.row<float>(t);
-      for (std::int64_t i = 0; i < dim; ++i) yt[i] = xt[i] * inv * w[i];
-    }
-  }
-
   void rope(const tensor& x, const tensor& positions, std::int32_t n_heads, std::int32_t head_dim,
             std::int32_t rot_dim, rope_style style, const tensor& inv_freq, float attn_factor) override {
     expect_host(x, dtype::f32, "rope");
@@ -196,30 +175,6 @@ class fast_backend final : public cpu::host_backend {
         }
       }
     });
-  }
-
-  void silu_mul(const tensor& gate, const tensor& up) override {
-    expect_host(gate, dtype::f32, "silu_mul gate");
-    expect_host(up, dtype::f32, "silu_mul up");
-    for (std::int64_t t = 0; t < gate.rows; ++t) {
-      float* g = gate.row<float>(t);
-      const float* u = up.row<float>(t);
-      for (std::int64_t i = 0; i < gate.cols; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    }
-  }
-
-  void add(const tensor& y, const tensor& x, float scale) override {
-    expect_host(y, dtype::f32, "add y");
-    expect_host(x, dtype::f32, "add x");
-    for (std::int64_t t = 0; t < y.rows; ++t) {
-      float* yt = y.row<float>(t);
-      const float* xt = x.row<float>(x.rows == 1 ? 0 : t);
-      if (scale == 1.0f) {
-        for (std::int64_t i = 0; i < y.cols; ++i) yt[i] += xt[i];
-      } else {
-        for (std::int64_t i = 0; i < y.cols; ++i) yt[i] += scale * xt[i];
-      }
-    }
   }
 
   void idle() override { pool_.park(); }

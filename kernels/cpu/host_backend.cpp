@@ -147,6 +147,46 @@ void host_backend::from_host(const tensor& dst, const void* src) {
   for (std::int64_t r = 0; r < dst.rows; ++r) std::memcpy(row_ptr_mut(dst, r), in + r * rb, static_cast<std::size_t>(rb));
 }
 
+void host_backend::embed(const matrix& table, const tensor& ids, const tensor& out) {
+  const auto* ix = cpu::checked_index(ids, out.rows, table.rows, "embed");
+  expect_host(out, dtype::f32, "embed");
+  for (std::int64_t t = 0; t < out.rows; ++t) dequantize_row(table, ix[t], out.row<float>(t));
+}
+
+void host_backend::rmsnorm(const tensor& x, const tensor& weight, float eps, const tensor& y) {
+  expect_host(x, dtype::f32, "rmsnorm x");
+  expect_host(y, dtype::f32, "rmsnorm y");
+  const float* w = weight.row<float>(0);
+  for (std::int64_t t = 0; t < x.rows; ++t) {
+    const float* xt = x.row<float>(t);
+    float ss = 0.0f;
+    for (std::int64_t i = 0; i < x.cols; ++i) ss += xt[i] * xt[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(x.cols) + eps);
+    float* yt = y.row<float>(t);
+    for (std::int64_t i = 0; i < x.cols; ++i) yt[i] = xt[i] * inv * w[i];
+  }
+}
+
+void host_backend::silu_mul(const tensor& gate, const tensor& up) {
+  expect_host(gate, dtype::f32, "silu_mul gate");
+  expect_host(up, dtype::f32, "silu_mul up");
+  for (std::int64_t t = 0; t < gate.rows; ++t) {
+    float* g = gate.row<float>(t);
+    const float* u = up.row<float>(t);
+    for (std::int64_t i = 0; i < gate.cols; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  }
+}
+
+void host_backend::add(const tensor& y, const tensor& x, float scale) {
+  expect_host(y, dtype::f32, "add y");
+  expect_host(x, dtype::f32, "add x");
+  for (std::int64_t t = 0; t < y.rows; ++t) {
+    float* yt = y.row<float>(t);
+    const float* xt = x.row<float>(x.rows == 1 ? 0 : t);
+    for (std::int64_t i = 0; i < y.cols; ++i) yt[i] += scale * xt[i];
+  }
+}
+
 void host_backend::copy(const tensor& dst, const tensor& src) {
   expect_same_shape(dst, src, "copy");
   if (dst.type != src.type) throw error(errc::internal, "copy: dtypes differ");

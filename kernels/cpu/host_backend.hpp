@@ -1,8 +1,9 @@
 #pragma once
 // What both CPU backends (the reference and the fast one) share: host memory (aligned allocation,
-// weights and vectors registered as zero-copy views), copies to and from the host, and the
-// data-movement ops (copy, fill, gathers and scatters, the KV store) and MoE routing, written
-// once as plain loops. The fast backend overrides the ops where threads and vector units pay.
+// weights and vectors registered as zero-copy views), copies to and from the host, and the ops that
+// cost microseconds per step and have no faster CPU form here (embedding lookup, RMSNorm, SiLU-mul,
+// add, data movement, the KV store, MoE routing), written once as plain loops. The backends differ
+// where threads and vector units pay: matmul, attention and RoPE.
 
 #include "kernels/backend.hpp"
 
@@ -19,6 +20,10 @@ class host_backend : public backend {
   void to_host(const tensor& src, void* dst) override;
   void from_host(const tensor& dst, const void* src) override;
 
+  void embed(const matrix& table, const tensor& ids, const tensor& out) override;
+  void rmsnorm(const tensor& x, const tensor& weight, float eps, const tensor& y) override;
+  void silu_mul(const tensor& gate, const tensor& up) override;
+  void add(const tensor& y, const tensor& x, float scale) override;
   void copy(const tensor& dst, const tensor& src) override;
   void fill(const tensor& dst, float value) override;
   void gather_rows(const tensor& dst, const tensor& src, const tensor& index) override;
