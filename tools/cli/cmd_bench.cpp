@@ -1,5 +1,8 @@
 // shoal bench: prefill and decode speed on this machine, and how close decode comes to the memory
-// read bandwidth measured just before and after (decode streams every weight once per token).
+// read bandwidth measured just before and after (decode streams every weight once per step).
+// --batch B runs B sequences together as the batcher would: their prompts in one prefill step, then
+// decode steps of B tokens (one per sequence, each with its own block table), so batched
+// throughput has a number outside the cluster.
 
 #include <algorithm>
 #include <chrono>
@@ -27,6 +30,7 @@ struct bench_args {
   int prompt_tokens = 128;
   int gen_tokens = 32;
   int repeat = 3;
+  int batch = 1;
   bool json = false;
   bool skip_bandwidth = false;
 };
@@ -73,8 +77,8 @@ std::int64_t matmul_params(const model& m) {
 
 int run_bench(const bench_args& a) {
   const int threads = resolve_threads(a.threads);
-  if (a.prompt_tokens < 1 || a.gen_tokens < 1 || a.repeat < 1) {
-    throw error(errc::invalid_argument, "--prompt-tokens, --gen-tokens and --repeat must be at least 1");
+  if (a.prompt_tokens < 1 || a.gen_tokens < 1 || a.repeat < 1 || a.batch < 1) {
+    throw error(errc::invalid_argument, "--prompt-tokens, --gen-tokens, --repeat and --batch must be at least 1");
   }
   kernels::bandwidth_sample bw_before, bw_after;
   if (!a.skip_bandwidth) bw_before = kernels::measure_host_read_bandwidth(threads);
@@ -91,10 +95,16 @@ int run_bench(const bench_args& a) {
   }
   auto be = kernels::make_cpu_backend(threads);
   const std::int32_t block = 16;
-  model_runner runner(*m, *be, shard_spec{}, nullptr,
-                      kv_cache_options{block, (a.prompt_tokens + a.gen_tokens + block - 1) / block});
-  std::vector<std::int32_t> table;
-  for (std::int32_t b = 0; b < runner.cache().num_blocks(); ++b) table.push_back(b);
+  const std::int32_t blocks_per_seq = (a.prompt_tokens + a.gen_tokens + block - 1) / block;
+  model_runner runner(*m, *be, shard_spec{}, nullptr, kv_cache_options{block, blocks_per_seq * a.batch});
+  // Peak while loading and registering (a backend that repacks weights holds the file's pages and
+  // its copy at once for a moment; the file's pages should then leave).
+  const auto after_register = resident_kb();
+  // Sequence s owns blocks [s * blocks_per_seq, (s + 1) * blocks_per_seq).
+  std::vector<std::vector<std::int32_t>> tables(static_cast<std::size_t>(a.batch));
+  for (std::int32_t s = 0; s < a.batch; ++s) {
+    for (std::int32_t b = 0; b < blocks_per_seq; ++b) tables[s].push_back(s * blocks_per_seq + b);
+  }
   std::mt19937_64 rng(42);
   const std::int32_t vocab = static_cast<std::int32_t>(std::min<std::int64_t>(m->tok().vocab_size(), cfg.vocab_size));
   std::uniform_int_distribution<std::int32_t> pick(std::min(3, vocab - 1), vocab - 1);
@@ -110,32 +120,44 @@ int run_bench(const bench_args& a) {
       { std::ofstream("/proc/self/clear_refs") << "5"; }
     }
     forward_batch batch;
-    for (int i = 0; i < a.prompt_tokens; ++i) batch.add(pick(rng), i, table, i == a.prompt_tokens - 1);
+    for (const auto& table : tables) {
+      for (int i = 0; i < a.prompt_tokens; ++i) batch.add(pick(rng), i, table, i == a.prompt_tokens - 1);
+    }
     const auto t0 = std::chrono::steady_clock::now();
     runner.forward(batch, logits);
     const auto t1 = std::chrono::steady_clock::now();
-    std::int32_t tok = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    // Greedy next token of each sequence from its row of logits.
+    const std::int64_t V = runner.vocab_size();
+    std::vector<std::int32_t> toks(static_cast<std::size_t>(a.batch));
+    auto pick_next = [&] {
+      for (std::size_t s = 0; s < toks.size(); ++s) {
+        const auto row = logits.begin() + static_cast<std::ptrdiff_t>(s * V);
+        toks[s] = std::min(static_cast<std::int32_t>(std::max_element(row, row + V) - row), vocab - 1);
+      }
+    };
+    pick_next();
     for (int g = 0; g < a.gen_tokens; ++g) {
       forward_batch step;
-      step.add(std::min(tok, vocab - 1), a.prompt_tokens + g, table, true);
+      for (std::size_t s = 0; s < tables.size(); ++s) step.add(toks[s], a.prompt_tokens + g, tables[s], true);
       runner.forward(step, logits);
-      tok = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      pick_next();
     }
     const auto t2 = std::chrono::steady_clock::now();
     if (rep < 0) continue;
-    prefill_tps.push_back(a.prompt_tokens / std::chrono::duration<double>(t1 - t0).count());
-    decode_tps.push_back(a.gen_tokens / std::chrono::duration<double>(t2 - t1).count());
+    prefill_tps.push_back(static_cast<double>(a.batch) * a.prompt_tokens / std::chrono::duration<double>(t1 - t0).count());
+    decode_tps.push_back(static_cast<double>(a.batch) * a.gen_tokens / std::chrono::duration<double>(t2 - t1).count());
   }
   auto [rss, hwm] = resident_kb();
   if (!a.skip_bandwidth) bw_after = kernels::measure_host_read_bandwidth(threads);
 
   const double prefill = median(prefill_tps), decode = median(decode_tps);
-  const double decode_gbs = bytes_per_token * decode / 1e9;
+  // Each decode step streams the weights once, whatever the batch: bandwidth is per step.
+  const double decode_gbs = bytes_per_token * decode / a.batch / 1e9;
   // Against the best pass before or after: the conservative yardstick for "fraction of bandwidth".
   const double bw = std::max(bw_before.best_gb_per_s, bw_after.best_gb_per_s);
   std::vector<double> fractions;
   for (std::size_t i = 0; i < rep_bandwidth.size() && i < decode_tps.size(); ++i) {
-    fractions.push_back(bytes_per_token * decode_tps[i] / 1e9 / rep_bandwidth[i]);
+    fractions.push_back(bytes_per_token * decode_tps[i] / a.batch / 1e9 / rep_bandwidth[i]);
   }
   const double prefill_gflops = 2.0 * static_cast<double>(matmul_params(*m)) * prefill / 1e9;
   std::map<std::string, int> dtypes;
@@ -147,6 +169,7 @@ int run_bench(const bench_args& a) {
   j["backend"] = be->name();
   j["cpu_features"] = kernels::describe_host_cpu();
   j["threads"] = threads;
+  j["batch"] = a.batch;
   j["prompt_tokens"] = a.prompt_tokens;
   j["gen_tokens"] = a.gen_tokens;
   j["repeat"] = a.repeat;
@@ -154,7 +177,8 @@ int run_bench(const bench_args& a) {
   j["prefill_tokens_per_s"] = prefill;
   j["prefill_gflops"] = prefill_gflops;
   j["decode_tokens_per_s"] = decode;
-  j["decode_ms_per_token"] = 1000.0 / decode;
+  j["decode_ms_per_step"] = 1000.0 * a.batch / decode;
+  j["decode_tokens_per_s_per_sequence"] = decode / a.batch;
   j["weight_bytes_per_token"] = bytes_per_token;
   j["decode_weight_gb_per_s"] = decode_gbs;
   j["read_bandwidth_gb_per_s_before"] = bw_before.gb_per_s;
@@ -169,6 +193,8 @@ int run_bench(const bench_args& a) {
   j["resident_kb"] = rss;
   j["peak_resident_kb"] = hwm;
   j["resident_kb_before_load"] = before_load.first;
+  j["resident_kb_after_register"] = after_register.first;
+  j["peak_resident_kb_load"] = after_register.second;
   j["kv_cache_bytes"] = runner.cache().bytes();
   if (a.json) {
     std::cout << j.dump(2) << "\n";
@@ -176,16 +202,21 @@ int run_bench(const bench_args& a) {
   }
   std::printf("model            %s (%s weights, %s)\n", a.model.c_str(), j["weight_type"].get<std::string>().c_str(), be->name());
   std::printf("prefill          %.1f tok/s  (%d tokens, %.1f GFLOP/s)\n", prefill, a.prompt_tokens, prefill_gflops);
-  std::printf("decode           %.2f tok/s  (%.1f ms/token)\n", decode, 1000.0 / decode);
-  std::printf("weights/token    %.1f MB  -> %.2f GB/s\n", bytes_per_token / 1e6, decode_gbs);
+  if (a.batch == 1) {
+    std::printf("decode           %.2f tok/s  (%.1f ms/token)\n", decode, 1000.0 / decode);
+  } else {
+    std::printf("decode           %.2f tok/s at batch %d  (%.2f tok/s per sequence, %.1f ms/step)\n", decode, a.batch,
+                decode / a.batch, 1000.0 * a.batch / decode);
+  }
+  std::printf("weights/step     %.1f MB  -> %.2f GB/s\n", bytes_per_token / 1e6, decode_gbs);
   if (!a.skip_bandwidth) {
     std::printf("read bandwidth   %.2f GB/s before, %.2f GB/s after (median of 5 passes); best pass %.2f GB/s\n",
                 bw_before.gb_per_s, bw_after.gb_per_s, bw);
     std::printf("decode fraction  %.1f%% of the best read bandwidth before/after; %.1f%% median of per-repeat ratios\n",
                 100.0 * decode_gbs / bw, 100.0 * median(fractions));
   }
-  std::printf("resident         %.1f MB (peak %.1f MB; KV cache %.1f MB)\n", rss / 1024.0, hwm / 1024.0,
-              runner.cache().bytes() / 1e6);
+  std::printf("resident         %.1f MB (peak %.1f MB; while loading %.1f MB; KV cache %.1f MB)\n", rss / 1024.0,
+              hwm / 1024.0, after_register.second / 1024.0, runner.cache().bytes() / 1e6);
   return 0;
 }
 
@@ -198,6 +229,8 @@ runner_fn add_bench(CLI::App& app) {
   app.add_option("--prompt-tokens", a->prompt_tokens, "Prompt length for the prefill measurement (default 128)");
   app.add_option("--gen-tokens", a->gen_tokens, "Tokens decoded per repeat (default 32)");
   app.add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)");
+  app.add_option("--batch", a->batch,
+                 "Sequences prefilled and decoded together, one token each per decode step (default 1)");
   app.add_flag("--json", a->json, "Print JSON");
   app.add_flag("--skip-bandwidth", a->skip_bandwidth, "Do not measure memory bandwidth");
   return [a] { return run_bench(*a); };
