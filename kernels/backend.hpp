@@ -1,11 +1,11 @@
 #pragma once
 // The one kernel interface the forward pass calls. A backend owns memory as well as ops (ggml's
 // lesson): tensors live on its device and are allocated and freed by it, weights are registered
-// with it once at load (the CPU backends keep zero-copy views of the memory-mapped file; a device
-// backend uploads them), the paged KV cache and each step's scratch are backend memory, and the
-// runner composes ops without ever reading or writing activations itself. cpu/ implements it twice
-// (the plain reference, and the fast threaded kernels checked against it op by op by
-// build/bin/test_backend_ops); cuda/ will be a third.
+// with it once at load (the CPU backends keep zero-copy views of the memory-mapped file, or for
+// interleaved layouts a repacked copy; a device backend uploads them), the paged KV cache and each
+// step's scratch are backend memory, and the runner composes ops without ever reading or writing
+// activations itself. cpu/ implements it twice (the plain reference, and the fast threaded kernels
+// checked against it op by op by build/bin/test_backend_ops); cuda/ will be a third.
 
 #include <cstdint>
 #include <memory>
@@ -78,12 +78,21 @@ struct matrix {
   std::int64_t scale_stride = 0;  // floats between rows' scales
   std::int64_t group_size = 0;    // i4 and f8_e4m3 only
   device_kind device = device_kind::host;
+  /// Rows per interleaved group, 0 for plain rows. The fast CPU backend's register_weight may
+  /// return a repacked copy (kernels/cpu/interleaved_kernels.cpp): rows [0, rows / interleave *
+  /// interleave) are stored in groups of `interleave` rows whose blocks sit side by side, each group
+  /// taking the bytes its rows would take as plain rows; the remaining rows are plain, where
+  /// row() says. Default: 0
+  std::int32_t interleave = 0;
 
-  /// Rows [begin, begin + count) of this matrix.
+  /// Rows [begin, begin + count) of this matrix. Of an interleaved matrix only whole groups (or a
+  /// range running to the last row) can be taken; throws otherwise.
   matrix row_slice(std::int64_t begin, std::int64_t count) const;
-  /// Columns [begin, begin + count) of this matrix; throws if not on block/group boundaries.
+  /// Columns [begin, begin + count) of this matrix; throws if not on block/group boundaries or if
+  /// the matrix is interleaved.
   matrix col_slice(std::int64_t begin, std::int64_t count) const;
-  /// Address of row r's first element.
+  /// Address of row r's first element (of an interleaved matrix: of r's group when r starts one,
+  /// of the row itself past the last whole group).
   const std::uint8_t* row(std::int64_t r) const {
     return static_cast<const std::uint8_t*>(data) + dtype_bytes(type, r * row_stride);
   }
@@ -201,8 +210,12 @@ class backend {
   /// shoal::error (out_of_range) when the device has no room.
   virtual void* allocate(std::int64_t bytes) = 0;
   virtual void deallocate(void* p) = 0;
-  /// A weight matrix on this backend, valid while the backend lives: the CPU backends return a
-  /// view of `host` (no copy); a device backend uploads it once.
+  /// A weight matrix on this backend, valid while the backend lives: the reference CPU backend
+  /// returns a view of `host` (no copy); the fast one a view too, or, for weight types with an
+  /// interleaved layout at its instruction level, a repacked copy it owns (one per call: register
+  /// a weight once), after which it asks the OS to drop the pages of `host` from memory (they stay
+  /// readable; only a file mapping's pages are actually released); a device backend uploads it
+  /// once.
   virtual matrix register_weight(const matrix& host) = 0;
   /// A read-only F32 vector (norm weights, biases, RoPE frequencies) as a [1, n] tensor on this
   /// backend, valid while the backend lives (CPU: a view of `host`).

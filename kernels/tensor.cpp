@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/common/error.hpp"
 #include "kernels/backend.hpp"
@@ -54,6 +55,16 @@ tensor tensor::reshaped(std::int64_t r, std::int64_t c) const {
 
 matrix matrix::row_slice(std::int64_t begin, std::int64_t count) const {
   matrix m = *this;
+  if (interleave > 0) {
+    const std::int64_t grouped = rows / interleave * interleave;  // rows held in whole groups
+    if (begin >= grouped) {
+      m.interleave = 0;  // only plain rows
+    } else if (begin % interleave != 0 || (count % interleave != 0 && begin + count < grouped)) {
+      // Groups are indivisible, and a slice's plain rows must follow its last group.
+      throw error(errc::internal, "rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
+                                      ") split a group of a matrix interleaved by " + std::to_string(interleave));
+    }
+  }
   m.data = row(begin);
   m.rows = count;
   if (scales) m.scales = scales + begin * scale_stride;
@@ -69,6 +80,10 @@ matrix matrix::col_slice(std::int64_t begin, std::int64_t count) const {
                                 std::to_string(begin + count) + ") of a " + to_string(type) +
                                 " matrix does not fall on its " + std::to_string(granule) +
                                 "-element blocks");
+  }
+  if (interleave > 0) {
+    throw error(errc::internal, "a column window of a matrix interleaved by " + std::to_string(interleave) +
+                                    " (register the window, not the whole matrix)");
   }
   matrix m = *this;
   m.data = static_cast<const std::uint8_t*>(data) + dtype_bytes(type, begin);
@@ -88,6 +103,18 @@ std::int64_t matrix::bytes() const {
 void dequantize_row(const matrix& w, std::int64_t r, float* out) {
   if (w.device != device_kind::host) {
     throw error(errc::internal, "dequantize_row reads host matrices only");
+  }
+  if (w.interleave > 0 && r < w.rows / w.interleave * w.interleave) {
+    // The row's bytes gathered out of its group, then read as a plain one-row matrix.
+    std::vector<std::uint8_t> plain(static_cast<std::size_t>(dtype_bytes(w.type, w.cols)));
+    cpu::deinterleave_row(w, r, plain.data());
+    matrix one = w;
+    one.data = plain.data();
+    one.rows = 1;
+    one.interleave = 0;
+    if (one.scales) one.scales = w.scales + r * w.scale_stride;
+    dequantize_row(one, 0, out);
+    return;
   }
   const std::uint8_t* base = w.row(r);
   switch (w.type) {

@@ -184,7 +184,10 @@ model_runner::model_runner(const model& m, kernels::backend& be, shard_spec shar
   if (w > 1 && !comm) throw error(errc::invalid_argument, "a " + std::to_string(w) + "-rank runner needs a communicator");
   const auto& W = m.weights();
   tok_embd_ = be.register_weight(W.tok_embd.m);
-  lm_head_ = be.register_weight(W.lm_head.m);
+  // Tied embeddings: one registration, so a backend that copies weights holds them once.
+  const bool tied = W.lm_head.m.data == W.tok_embd.m.data && W.lm_head.m.type == W.tok_embd.m.type &&
+                    W.lm_head.m.rows == W.tok_embd.m.rows && W.lm_head.m.cols == W.tok_embd.m.cols;
+  lm_head_ = tied ? tok_embd_ : be.register_weight(W.lm_head.m);
   out_norm_ = vec(be, W.out_norm);
   inv_freq_ = vec(be, m.rope_inv_freq());
   if (c.family == model_family::deepseek) {

@@ -1,13 +1,17 @@
 // The fast CPU backend: per-type matmul kernels at one instruction level, rows split across a
 // persistent thread pool; the small ops (norms, RoPE, activation) stay on the calling thread where
 // they cost microseconds, attention is split by (token, head). Memory and data movement are the
-// host backend's (host_backend.hpp).
+// host backend's (host_backend.hpp), except weights of a type with an interleaved layout at this
+// level, which register_weight repacks into memory the backend owns (interleaved_kernels.cpp).
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine/common/error.hpp"
 #include "kernels/backend.hpp"
@@ -28,8 +32,31 @@ class fast_backend final : public cpu::host_backend {
   fast_backend(int threads, isa level) : pool_(threads), level_(level) {
     name_ = std::string("cpu-") + cpu::to_string(level_) + "-x" + std::to_string(pool_.size());
   }
+  ~fast_backend() override {
+    for (void* p : owned_) deallocate(p);
+  }
+  fast_backend(const fast_backend&) = delete;
+  fast_backend& operator=(const fast_backend&) = delete;
 
   const char* name() const override { return name_.c_str(); }
+
+  matrix register_weight(const matrix& host) override {
+    const std::int32_t group = cpu::interleave_for(host.type, level_);
+    if (group == 0 || host.rows < group || host.interleave != 0 || host.device != device_kind::host) return host;
+    const std::int64_t bytes = host.rows * dtype_bytes(host.type, host.cols);
+    auto* dst = static_cast<std::uint8_t*>(allocate(bytes));
+    owned_.emplace_back(dst);
+    const std::int64_t groups = (host.rows + group - 1) / group;
+    pool_.parallel_for(groups, 1, [&](int, std::int64_t g0, std::int64_t g1) {
+      cpu::repack_interleaved(host, group, g0, g1, dst);
+    });
+    release_pages(host);
+    matrix m = host;
+    m.data = dst;
+    m.row_stride = host.cols;
+    m.interleave = group;
+    return m;
+  }
 
   void matmul(const matrix& w, const tensor& x, const tensor& y) override {
     matmul_job j{w, y};
@@ -66,12 +93,14 @@ class fast_backend final : public cpu::host_backend {
     std::int64_t granule = 1;
     offsets_.resize(jobs.size() + 1);
     for (std::size_t i = 0; i < jobs.size(); ++i) {
-      kernels_[i] = &cpu::matmul_kernel_for(jobs[i].w.type);
+      kernels_[i] = &cpu::matmul_kernel_for(jobs[i].w);
       granule = std::max(granule, kernels_[i]->row_granule);
     }
     for (std::size_t i = 0; i < jobs.size(); ++i) {
       for (std::size_t j = 0; j < i; ++j) {
-        if (kernels_[j] == kernels_[i] && jobs[j].w.type == jobs[i].w.type && jobs[j].w.cols == jobs[i].w.cols) {
+        // The prepared activations depend only on the prepare function and the width (an
+        // interleaved kernel shares its plain twin's).
+        if (kernels_[j]->prepare == kernels_[i]->prepare && jobs[j].w.cols == jobs[i].w.cols) {
           prep_of_[i] = prep_of_[j];
           break;
         }
@@ -180,6 +209,23 @@ class fast_backend final : public cpu::host_backend {
   void idle() override { pool_.park(); }
 
  private:
+  // Once a weight is repacked its source pages are not read again by this backend: ask the kernel
+  // to reclaim them so a memory-mapped file does not stay resident next to the copy. PAGEOUT (not
+  // DONTNEED) because it never loses data: file pages are re-read if something touches them again,
+  // and anonymous memory (a test's vectors) stays as it is without swap. A hint; errors ignored.
+  static void release_pages(const matrix& host) {
+#ifdef MADV_PAGEOUT
+    const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto begin = reinterpret_cast<std::uintptr_t>(host.row(0));
+    const auto end = reinterpret_cast<std::uintptr_t>(host.row(host.rows - 1)) +
+                     static_cast<std::uintptr_t>(dtype_bytes(host.type, host.cols));
+    const std::uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);
+#else
+    (void)host;
+#endif
+  }
+
   cpu::thread_pool pool_;
   isa level_;
   std::string name_;
@@ -190,6 +236,7 @@ class fast_backend final : public cpu::host_backend {
   std::vector<float> packed_;
   std::vector<std::vector<float>> scores_;
   std::vector<float> cos_, sin_;
+  std::vector<void*> owned_;  // repacked weights, freed with the backend
 };
 
 }  // namespace

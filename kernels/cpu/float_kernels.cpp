@@ -299,5 +299,10 @@ const matmul_kernel& matmul_kernel_for(dtype t) {
   return *quant_matmul_kernel(t);
 }
 
+const matmul_kernel& matmul_kernel_for(const matrix& w) {
+  if (w.interleave > 0) return *interleaved_matmul_kernel(w.type);
+  return matmul_kernel_for(w.type);
+}
+
 }  // namespace shoal::kernels::cpu
 

@@ -30,12 +30,47 @@ struct matmul_kernel {
   std::int64_t row_granule = 1;
 };
 
-/// The kernel for weights of type `t`; `run` and `prepare` dispatch on the level they are given.
+/// The kernel for plain rows of type `t`; `run` and `prepare` dispatch on the level they are given.
 const matmul_kernel& matmul_kernel_for(dtype t);
+/// The kernel for `w` as registered: its type's interleaved kernel when w.interleave is set.
+const matmul_kernel& matmul_kernel_for(const matrix& w);
 
-// Per-family tables (float types in float_kernels.cpp, integer/quantized types in quant_kernels.cpp).
+// Per-family tables (float types in float_kernels.cpp, integer/quantized types in quant_kernels.cpp,
+// interleaved layouts in interleaved_kernels.cpp).
 const matmul_kernel* float_matmul_kernel(dtype t);
 const matmul_kernel* quant_matmul_kernel(dtype t);
+const matmul_kernel* interleaved_matmul_kernel(dtype t);
+
+/// Rows per group of the interleaved layout the fast backend repacks weights of type `t` into at
+/// `level`; 0 keeps plain rows.
+std::int32_t interleave_for(dtype t, isa level);
+/// Writes groups [g0, g1) of `src` (plain rows, any row stride) into `dst`, the contiguous
+/// interleaved copy: group g at dst + g * group rows' bytes; a last, partial group's rows plain.
+void repack_interleaved(const matrix& src, std::int32_t group, std::int64_t g0, std::int64_t g1, std::uint8_t* dst);
+/// Row r of an interleaved matrix (r inside a whole group) as the bytes of a plain row.
+void deinterleave_row(const matrix& m, std::int64_t r, std::uint8_t* out);
+
+/// Where `prepare` puts int8 activations quantized in blocks of `block` (32, 256, or a whole padded
+/// row) for the quantized kernels, in prepared_input::buf:
+///   q[n][ldq]  int8, rows padded with zeros to a multiple of 64 (vector loads may run past cols)
+///   d[n][nb]   float scale per block (x ~= d * q)
+///   s[n][nb]   int32 offset correction per block: -sum(q) times the kernel's correction scale
+///   bs[n][ldq / 16]  int16 sums of q per 16 elements (Q4_K mins, Q6_K's -32 offset)
+struct xq_layout {
+  std::int64_t n, cols, block, ldq, nb;
+  std::size_t q_off, d_off, s_off, bs_off, total;
+
+  xq_layout(std::int64_t n_, std::int64_t cols_, std::int64_t block_)
+      : n(n_), cols(cols_), block(block_) {
+    ldq = (cols + 63) / 64 * 64;
+    nb = (cols + block - 1) / block;
+    q_off = 0;
+    d_off = static_cast<std::size_t>((n * ldq + 63) / 64 * 64);
+    s_off = d_off + static_cast<std::size_t>((n * nb * 4 + 63) / 64 * 64);
+    bs_off = s_off + static_cast<std::size_t>((n * nb * 4 + 63) / 64 * 64);
+    total = bs_off + static_cast<std::size_t>((n * (ldq / 16) * 2 + 63) / 64 * 64);
+  }
+};
 
 /// Reference dequantization of row r of a quantized/integer matrix (q8_0, q4_0, q4_k, q6_k, i8, i4).
 void dequantize_quantized_row(const matrix& m, std::int64_t r, float* out);

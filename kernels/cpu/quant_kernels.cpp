@@ -27,6 +27,9 @@
 //  - portable: plain int32 loops on the same prepared activations.
 // Q4_K and Q6_K use the AVX2 code at the avx512 level as well.
 
+// GCC 12 flags its own intrinsics headers (_mm512_undefined_*) as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -46,10 +49,6 @@ namespace {
 constexpr std::int64_t kRowTile = 4;    // weight rows streamed together
 constexpr std::int64_t kTokenTile = 4;  // tokens sharing each unpacked weight block
 
-std::int64_t round_up(std::int64_t v, std::int64_t m) {
-  return (v + m - 1) / m * m;
-}
-
 float load_f16(const std::uint8_t* p) {
   std::uint16_t h;
   std::memcpy(&h, p, 2);
@@ -58,28 +57,7 @@ float load_f16(const std::uint8_t* p) {
 
 // ---------------------------------------------------------------- prepared activations
 
-// Activations quantized to int8 in blocks of `block` (32, 256, or a whole padded row):
-//   q[n][ldq]  int8, rows padded with zeros to a multiple of 64 (vector loads may run past cols)
-//   d[n][nb]   float scale per block (x ~= d * q)
-//   s[n][nb]   int32 offset correction per block: -sum(q) times the kernel's `corr_scale` (see
-//              prepare_xq); per vector lane where a kernel adds it to each of 8 lanes
-//   bs[n][ldq / 16]  int16 sums of q per 16 elements (Q4_K mins, Q6_K's -32 offset)
-struct xq_layout {
-  std::int64_t n, cols, block, ldq, nb;
-  std::size_t q_off, d_off, s_off, bs_off, total;
-
-  xq_layout(std::int64_t n_, std::int64_t cols_, std::int64_t block_)
-      : n(n_), cols(cols_), block(block_) {
-    ldq = round_up(cols, 64);
-    nb = (cols + block - 1) / block;
-    q_off = 0;
-    d_off = static_cast<std::size_t>(round_up(n * ldq, 64));
-    s_off = d_off + static_cast<std::size_t>(round_up(n * nb * 4, 64));
-    bs_off = s_off + static_cast<std::size_t>(round_up(n * nb * 4, 64));
-    total = bs_off + static_cast<std::size_t>(round_up(n * (ldq / 16) * 2, 64));
-  }
-};
-
+// A view of the activations prepare_xq wrote (layout: xq_layout in matmul_kernels.hpp).
 struct xq_view {
   std::int64_t ldq = 0, nb = 0, nbs = 0;
   const std::int8_t* q_ = nullptr;
@@ -104,41 +82,111 @@ struct xq_view {
   const std::int16_t* bs(std::int64_t t) const { return bs_ + t * nbs; }
 };
 
+// One block's int8 values at the default rounding (to nearest even, as nearbyint), returning
+// their sum. The vector versions write the same bytes as the scalar one: the same x * id product
+// per element and the same rounding; they exist because quantizing the activations runs on one
+// thread before every quantized matmul (measured: the scalar loop, a libm nearbyint call per
+// element, took about a tenth of Q4_0 prefill at 128 tokens).
+std::int32_t quantize_block_scalar(const float* x, std::int64_t n, float id, std::int8_t* q) {
+  std::int32_t sum = 0;
+  for (std::int64_t c = 0; c < n; ++c) {
+    q[c] = static_cast<std::int8_t>(std::nearbyint(x[c] * id));
+    sum += q[c];
+  }
+  return sum;
+}
+
+float amax_scalar(const float* x, std::int64_t n) {
+  float amax = 0.0f;
+  for (std::int64_t c = 0; c < n; ++c) amax = std::max(amax, std::fabs(x[c]));
+  return amax;
+}
+
+SHOAL_AVX512 float amax_avx512(const float* x, std::int64_t n) {
+  __m512 m = _mm512_setzero_ps();
+  for (std::int64_t c = 0; c < n; c += 16) {
+    const auto k = static_cast<__mmask16>(n - c >= 16 ? 0xFFFF : (1u << (n - c)) - 1);
+    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + c)));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+SHOAL_AVX512 std::int32_t quantize_block_avx512(const float* x, std::int64_t n, float id, std::int8_t* q) {
+  const __m512 vid = _mm512_set1_ps(id);
+  __m512i sum = _mm512_setzero_si512();
+  for (std::int64_t c = 0; c < n; c += 16) {
+    const auto k = static_cast<__mmask16>(n - c >= 16 ? 0xFFFF : (1u << (n - c)) - 1);
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + c), vid));
+    _mm_mask_storeu_epi8(q + c, k, _mm512_cvtsepi32_epi8(v));
+    sum = _mm512_add_epi32(sum, v);  // masked-off lanes loaded 0
+  }
+  return _mm512_reduce_add_epi32(sum);
+}
+
+SHOAL_AVX2 float amax_avx2(const float* x, std::int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 m = _mm256_setzero_ps();
+  std::int64_t c = 0;
+  for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float amax = amax_scalar(x + c, n - c);
+  for (float v : lanes) amax = std::max(amax, v);
+  return amax;
+}
+
+SHOAL_AVX2 std::int32_t quantize_block_avx2(const float* x, std::int64_t n, float id, std::int8_t* q) {
+  const __m256 vid = _mm256_set1_ps(id);
+  __m256i sum = _mm256_setzero_si256();
+  std::int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c), vid));
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + c), _mm_packs_epi16(w, w));
+    sum = _mm256_add_epi32(sum, v);
+  }
+  alignas(32) std::int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+  std::int32_t total = quantize_block_scalar(x + c, n - c, id, q + c);
+  for (std::int32_t v : lanes) total += v;
+  return total;
+}
+
 // Symmetric int8 per block: d = max|x| / 127, q = round-to-nearest-even(x / d), and
 // s = -corr_scale * sum(q), the offset correction in the form the kernel adds it. With
 // `interleave_pairs`, each 32-block is stored as its 16 even elements then its 16 odd ones, the
-// order I4's nibbles come out of a byte in (low = even element, high = odd element).
-void prepare_xq(prepared_input& p, std::int64_t block, std::int32_t corr_scale,
-                bool interleave_pairs) {
+// order I4's nibbles come out of a byte in (low = even element, high = odd element). The int16
+// sums per 16 elements are written when `block_sums` (the K-quants use them).
+void prepare_xq(prepared_input& p, std::int64_t block, std::int32_t corr_scale, bool interleave_pairs,
+                bool block_sums, isa level) {
   xq_layout l(p.n, p.cols, block);
   p.buf.assign(l.total, 0);
   auto* q = reinterpret_cast<std::int8_t*>(p.buf.data() + l.q_off);
   auto* d = reinterpret_cast<float*>(p.buf.data() + l.d_off);
   auto* s = reinterpret_cast<std::int32_t*>(p.buf.data() + l.s_off);
   auto* bs = reinterpret_cast<std::int16_t*>(p.buf.data() + l.bs_off);
+  std::int8_t pairs[32];
   for (std::int64_t t = 0; t < p.n; ++t) {
     const float* x = p.x + t * p.cols;
     std::int8_t* qt = q + t * l.ldq;
     for (std::int64_t b = 0; b < l.nb; ++b) {
-      const std::int64_t c0 = b * block, c1 = std::min(p.cols, c0 + block);
-      float amax = 0.0f;
-      for (std::int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[c]));
+      const std::int64_t c0 = b * block, len = std::min(p.cols, c0 + block) - c0;
+      const float amax = level == isa::avx512 ? amax_avx512(x + c0, len)
+                         : level == isa::avx2 ? amax_avx2(x + c0, len)
+                                              : amax_scalar(x + c0, len);
       const float db = amax / 127.0f;
       const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-      std::int32_t sum = 0;
-      for (std::int64_t c = c0; c < c1; ++c) {
-        const auto v = static_cast<std::int8_t>(std::nearbyint(x[c] * id));
-        std::int64_t at = c;
-        if (interleave_pairs) {
-          const std::int64_t k = c - c0;
-          at = c0 + (k % 2 == 0 ? k / 2 : 16 + k / 2);
-        }
-        qt[at] = v;
-        sum += v;
+      std::int8_t* out = interleave_pairs ? pairs : qt + c0;
+      const std::int32_t sum = level == isa::avx512 ? quantize_block_avx512(x + c0, len, id, out)
+                               : level == isa::avx2 ? quantize_block_avx2(x + c0, len, id, out)
+                                                    : quantize_block_scalar(x + c0, len, id, out);
+      if (interleave_pairs) {
+        for (std::int64_t k = 0; k < len; ++k) qt[c0 + (k % 2 == 0 ? k / 2 : 16 + k / 2)] = pairs[k];
       }
       d[t * l.nb + b] = db;
       s[t * l.nb + b] = -corr_scale * sum;
     }
+    if (!block_sums) continue;
     for (std::int64_t k = 0; k < l.ldq / 16; ++k) {
       std::int32_t sum = 0;
       for (int j = 0; j < 16; ++j) sum += qt[16 * k + j];
@@ -149,22 +197,22 @@ void prepare_xq(prepared_input& p, std::int64_t block, std::int32_t corr_scale,
 
 // Q8_0 (VNNI): weights offset by 128 add 128 * sum(x) to a block's dot; spread over 8 lanes, -16
 // each.
-void prepare_q8_0(prepared_input& p, isa) {
-  prepare_xq(p, 32, 16, false);
+void prepare_q8_0(prepared_input& p, isa level) {
+  prepare_xq(p, 32, 16, false, false, level);
 }
 // Q4_0 / I4: nibbles are w + 8, so a block's dot is 8 * sum(x) too high; -1 per lane of 8.
-void prepare_q4_0(prepared_input& p, isa) {
-  prepare_xq(p, 32, 1, false);
+void prepare_q4_0(prepared_input& p, isa level) {
+  prepare_xq(p, 32, 1, false, false, level);
 }
-void prepare_i4(prepared_input& p, isa) {
-  prepare_xq(p, 32, 1, true);
+void prepare_i4(prepared_input& p, isa level) {
+  prepare_xq(p, 32, 1, true, false, level);
 }
-void prepare_k(prepared_input& p, isa) {
-  prepare_xq(p, 256, 0, false);
+void prepare_k(prepared_input& p, isa level) {
+  prepare_xq(p, 256, 0, false, true, level);
 }
 // I8: one scale per token row (the whole row is one block); VNNI's weight offset adds 128 * sum(x).
-void prepare_i8(prepared_input& p, isa) {
-  prepare_xq(p, std::max<std::int64_t>(p.cols, 1), 128, false);
+void prepare_i8(prepared_input& p, isa level) {
+  prepare_xq(p, std::max<std::int64_t>(p.cols, 1), 128, false, false, level);
 }
 
 // Q4_K's 8 scales and 8 mins (6 bits each) from its 12 packed bytes (ggml's get_scale_min_k4).

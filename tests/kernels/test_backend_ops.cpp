@@ -187,7 +187,10 @@ struct expectation {
 class harness {
  public:
   harness(std::vector<backend_entry> under_test, std::set<std::string> ops)
-      : tested_(std::move(under_test)), ops_(std::move(ops)), ref_(make_reference_backend()) {}
+      : tested_(std::move(under_test)),
+        ops_(std::move(ops)),
+        ref_(make_reference_backend()),
+        portable_(make_cpu_backend(3, "portable")) {}
 
   bool wants(const std::string& op) const { return ops_.empty() || ops_.count(op); }
 
@@ -196,17 +199,40 @@ class harness {
   void check(const std::string& op, const std::string& type, const std::string& shape,
              const std::function<std::vector<float>(backend&)>& f,
              const std::function<expectation(const std::vector<float>& want)>& expect) {
+    compare(*ref_, "reference", op, type, shape, f, expect);
+  }
+
+  /// The same against the fast backend's portable level instead of the reference, for kernels that
+  /// must equal the portable plain kernel bit for bit (the interleaved layouts); backends other
+  /// than the portable one are compared.
+  void check_exact_vs_portable(const std::string& op, const std::string& type, const std::string& shape,
+                               const std::function<std::vector<float>(backend&)>& f) {
+    compare(*portable_, "cpu-portable", op, type, shape + " == portable", f,
+            [](const std::vector<float>&) { return expectation{0.0, {}}; });
+  }
+
+  void mark_covered(const std::string& op) { covered_.insert(op); }
+  backend& reference() { return *ref_; }
+  int failures() const { return failures_; }
+  int lines() const { return lines_; }
+  const std::set<std::string>& covered() const { return covered_; }
+
+ private:
+  void compare(backend& yardstick, const std::string& yardstick_name, const std::string& op, const std::string& type,
+               const std::string& shape, const std::function<std::vector<float>(backend&)>& f,
+               const std::function<expectation(const std::vector<float>& want)>& expect) {
     if (!wants(op)) return;
     covered_.insert(op);
     std::vector<float> want;
     try {
-      want = f(*ref_);
+      want = f(yardstick);
     } catch (const std::exception& e) {
-      report(op, type, shape, "reference", -1, 0, std::string("threw: ") + e.what());
+      report(op, type, shape, yardstick_name, -1, 0, std::string("threw: ") + e.what());
       return;
     }
     const expectation ex = expect(want);
     for (auto& b : tested_) {
+      if (&yardstick == portable_.get() && b.name == "cpu-portable") continue;
       std::vector<float> got;
       try {
         got = f(*b.be);
@@ -239,13 +265,6 @@ class harness {
     }
   }
 
-  void mark_covered(const std::string& op) { covered_.insert(op); }
-  backend& reference() { return *ref_; }
-  int failures() const { return failures_; }
-  int lines() const { return lines_; }
-  const std::set<std::string>& covered() const { return covered_; }
-
- private:
   void report(const std::string& op, const std::string& type, const std::string& shape, const std::string& be,
               double err, double tol, const std::string& note) {
     const bool ok = err >= 0 && err <= tol;
@@ -259,6 +278,7 @@ class harness {
   std::vector<backend_entry> tested_;
   std::set<std::string> ops_;
   std::unique_ptr<backend> ref_;
+  std::unique_ptr<backend> portable_;
   std::set<std::string> covered_;
   int failures_ = 0;
   int lines_ = 0;
@@ -296,6 +316,29 @@ std::vector<double> matmul_scale(const matrix& w, const std::vector<float>& x, s
   return s;
 }
 
+// Types the fast backend repacks into interleaved groups of kInterleave rows at its avx2 and avx512
+// levels (kernels/cpu/interleaved_kernels.cpp); expect_interleaved fails a check whose registered
+// matrix did not come back interleaved, so the exact comparison cannot pass by comparing plain
+// kernels with each other.
+constexpr std::int64_t kInterleave = 16;
+bool interleaved(dtype t) { return t == dtype::q4_0; }
+
+void expect_interleaved(backend& be, const matrix& registered) {
+  const std::string name = be.name();
+  if (name.rfind("cpu-portable", 0) == 0) return;
+  if (registered.interleave != kInterleave) {
+    throw error(errc::internal, std::string(be.name()) + " registered the matrix with interleave " +
+                                    std::to_string(registered.interleave) + ", expected " + std::to_string(kInterleave));
+  }
+}
+
+// Columns [0, keep) of each of the n rows of y [n, cols].
+std::vector<float> columns(const std::vector<float>& y, std::int64_t n, std::int64_t cols, std::int64_t keep) {
+  std::vector<float> out;
+  for (std::int64_t t = 0; t < n; ++t) out.insert(out.end(), y.begin() + t * cols, y.begin() + t * cols + keep);
+  return out;
+}
+
 double matmul_tol(dtype t) {
   switch (t) {
     case dtype::f32: return 1e-5;
@@ -326,6 +369,15 @@ void check_matmuls(harness& h) {
       shapes.push_back({t, 9, 173, 4, 0, 0, 0, 0, "odd cols"});
       shapes.push_back({t, 64, 172, 2, 0, 0, 0, 0, "172 cols"});  // stories260K's ffn_down width
     }
+    if (interleaved(t)) {
+      // The 37 rows above are 2 groups and 5 plain rows; the TP window's 24 rows 1 and 8. Here:
+      // groups only (and token counts around the kernels' 8-token tile), one block per row, fewer
+      // rows than a group, and a TP window starting on a group.
+      for (std::int64_t n : {1, 9, 20}) shapes.push_back({t, 48, 256, n, 0, 0, 0, 0, "whole groups"});
+      for (std::int64_t n : {1, 5}) shapes.push_back({t, 50, 32, n, 0, 0, 0, 0, "one block per row"});
+      shapes.push_back({t, 7, 64, 3, 0, 0, 0, 0, "fewer rows than a group"});
+      shapes.push_back({t, 80, cols + 64, 6, 32, 32, 64, cols, "TP window on a group"});
+    }
   }
   for (const auto& s : shapes) {
     auto w = make_matrix(s.t, s.rows, s.cols, static_cast<std::uint64_t>(s.rows * 131 + s.cols + s.n));
@@ -344,6 +396,32 @@ void check_matmuls(harness& h) {
       be.matmul(dw, xb, y);
       return download(be, y);
     }, [&](const std::vector<float>&) { return expectation{matmul_tol(s.t), scale}; });
+    const std::int64_t grouped = m.rows / kInterleave * kInterleave;
+    if (!interleaved(s.t) || grouped == 0) continue;
+    // The interleaved kernels against the portable plain kernel on the rows in groups: equal.
+    h.check_exact_vs_portable("matmul", to_string(s.t), label + " " + s.what, [&](backend& be) {
+      const matrix dw = be.register_weight(m);
+      expect_interleaved(be, dw);
+      auto xb = upload(be, x, s.n, m.cols);
+      tensor_buffer y(be, dtype::f32, s.n, m.rows);
+      be.matmul(dw, xb, y);
+      return columns(download(be, y), s.n, m.rows, grouped);
+    });
+  }
+  // Rows [16, 48) of a registered interleaved matrix (MLA takes per-head row ranges of kv_b that
+  // way), against the same rows of the host matrix.
+  for (dtype t : {dtype::q4_0}) {
+    auto w = make_matrix(t, 53, 96, 21);
+    const matrix part = w.m.row_slice(16, 32);
+    const auto x = randn(3 * 96, 22);
+    const auto scale = matmul_scale(part, x, 3);
+    h.check("matmul", to_string(t), "rows [16,48) of a registered [53,96] n3", [&](backend& be) {
+      const matrix dw = be.register_weight(w.m).row_slice(16, 32);
+      auto xb = upload(be, x, 3, 96);
+      tensor_buffer y(be, dtype::f32, 3, 32);
+      be.matmul(dw, xb, y);
+      return download(be, y);
+    }, [&](const std::vector<float>&) { return expectation{matmul_tol(t), scale}; });
   }
   // Strided views in and out: one MLA head of [n, heads * width] times W_uk^T into its window of
   // the absorbed query, as attend_absorbed does.

@@ -1,5 +1,6 @@
 // Quantized matmul kernel benchmark: GB/s of weight bytes streamed by y = W x through the fast CPU
-// backend, for a [rows, cols] matrix (default 2048 x 5632, TinyLlama's ffn_down) and n tokens.
+// backend (weights registered with it first, as the runner does), for a [rows, cols] matrix
+// (default 2048 x 5632, TinyLlama's ffn_down) and n tokens.
 // Enough distinct copies of the matrix are cycled through that they never fit in the caches, as in
 // decode, where every weight comes from DRAM once per token. Prints, for comparison, a STREAM-style
 // read of a buffer much larger than the caches with the same thread count.
@@ -136,6 +137,8 @@ int main(int argc, char** argv) {
     const std::int64_t copies =
         hot ? 1 : std::max<std::int64_t>(2, (std::int64_t{512} << 20) / one + 1);
     for (std::int64_t k = 0; k < copies; ++k) ms.push_back(make(t, rows, cols, group, rng));
+    // As the runner does: the backend may repack (interleaved layouts) and run its copy.
+    for (auto& m : ms) m.m = be->register_weight(m.m);
     const std::int64_t bytes = ms[0].m.bytes();
     for (auto& m : ms) be->matmul(m.m, host_tensor(x.data(), n, m.m.cols), host_tensor(y.data(), n, m.m.rows));  // warm-up
     // Best pass over all copies: the machine is shared, and interference only ever slows a pass.
