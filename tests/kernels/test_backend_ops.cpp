@@ -321,7 +321,7 @@ std::vector<double> matmul_scale(const matrix& w, const std::vector<float>& x, s
 // matrix did not come back interleaved, so the exact comparison cannot pass by comparing plain
 // kernels with each other.
 constexpr std::int64_t kInterleave = 16;
-bool interleaved(dtype t) { return t == dtype::q4_0; }
+bool interleaved(dtype t) { return t == dtype::q4_0 || t == dtype::q8_0; }
 
 void expect_interleaved(backend& be, const matrix& registered) {
   const std::string name = be.name();
@@ -410,7 +410,7 @@ void check_matmuls(harness& h) {
   }
   // Rows [16, 48) of a registered interleaved matrix (MLA takes per-head row ranges of kv_b that
   // way), against the same rows of the host matrix.
-  for (dtype t : {dtype::q4_0}) {
+  for (dtype t : {dtype::q4_0, dtype::q8_0}) {
     auto w = make_matrix(t, 53, 96, 21);
     const matrix part = w.m.row_slice(16, 32);
     const auto x = randn(3 * 96, 22);
