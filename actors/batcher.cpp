@@ -406,11 +406,8 @@ submit_result accept(self_ptr self, generate_request req) {
   seq->tokens = ids;
   seq->prompt_len = static_cast<std::int32_t>(n);
   seq->max_tokens = req.max_tokens;
-  std::string why;
-  if (!st.scheduler->add(std::move(seq), &why)) {
-    const bool full = why.find("queue is full") != std::string::npos;
-    return refuse(req.id, full ? errc::overloaded : errc::out_of_range, why);
-  }
+  refusal why;
+  if (!st.scheduler->add(std::move(seq), &why)) return refuse(req.id, why.code, why.message);
   request_state r;
   r.accepted = clock_type::now();
   r.prompt_tokens = static_cast<std::int32_t>(n);

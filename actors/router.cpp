@@ -224,7 +224,7 @@ std::string default_model(const router_state& st) { return st.opts.config.models
 
 // Smooth weighted round robin (nginx's): every eligible replica gains its weight, the richest wins
 // and pays the total. Deterministic and spreads requests in proportion to weight.
-replica_entry* pick(router_state& st, const std::string& model, const std::string& kind, std::string& why) {
+replica_entry* pick(router_state& st, const std::string& model, const std::string& kind, refusal& why) {
   std::vector<replica_entry*> eligible;
   int healthy = 0, serving = 0;
   for (auto& r : st.replicas) {
@@ -237,10 +237,15 @@ replica_entry* pick(router_state& st, const std::string& model, const std::strin
     eligible.push_back(&r);
   }
   if (eligible.empty()) {
-    if (serving == 0) why = "no replica serves model '" + model + "' for " + kind + " requests";
-    else if (healthy == 0) why = "no healthy replica of model '" + model + "' is available";
-    else why = "all replicas of model '" + model + "' are at capacity (KV cache above " +
-               std::to_string(static_cast<int>(st.opts.config.router.kv_threshold * 100)) + "% or queue full)";
+    if (serving == 0) {
+      why = {errc::unavailable, "no replica serves model '" + model + "' for " + kind + " requests"};
+    } else if (healthy == 0) {
+      why = {errc::unavailable, "no healthy replica of model '" + model + "' is available"};
+    } else {
+      why = {errc::overloaded, "all replicas of model '" + model + "' are at capacity (KV cache above " +
+                                   std::to_string(static_cast<int>(st.opts.config.router.kv_threshold * 100)) +
+                                   "% or queue full)"};
+    }
     return nullptr;
   }
   std::int64_t total = 0;
@@ -375,14 +380,12 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
   auto route = [=](generate_request req, std::shared_ptr<request_context> ctx,
                    caf::typed_response_promise<submit_result> rp) mutable {
     auto& st = self->state;
-    std::string why;
+    refusal why;
     auto* r = pick(st, req.model, req.kind, why);
     if (!r) {
       st.limiter->release(ctx->tenant);
-      const bool none_healthy = why.find("healthy") != std::string::npos || why.find("no replica") != std::string::npos;
-      const auto code = none_healthy ? errc::unavailable : errc::overloaded;
-      audit_async(self, ctx->record, "error", to_string(code), why);
-      rp.deliver(refuse(req.id, code, why));
+      audit_async(self, ctx->record, "error", to_string(why.code), why.message);
+      rp.deliver(refuse(req.id, why.code, why.message));
       return;
     }
     // Count it against the replica now, so a burst does not all land on one replica before
@@ -473,10 +476,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         const std::int64_t tokens = (req.prompt_ids.empty() ? static_cast<std::int64_t>(req.prompt.size() / 4 + 1)
                                                             : static_cast<std::int64_t>(req.prompt_ids.size())) +
                                     std::max(0, req.max_tokens);
-        if (auto why = st.limiter->admit(who->tenant, tokens); !why.empty()) {
-          const bool global = why.find("admission limit") != std::string::npos;
-          return refused(global ? errc::overloaded : errc::rate_limited, why);
-        }
+        if (auto why = st.limiter->admit(who->tenant, tokens)) return refused(why->code, why->message);
         // Personal data is masked before anything is stored or logged; the model sees the masked
         // prompt where the domain's policy says so.
         auto masked = st.masker->mask(req.prompt);
