@@ -347,18 +347,6 @@ void start_workers(self_ptr self) {
   }
 }
 
-sampling_params to_params(const sampling_spec& s) {
-  sampling_params p;
-  p.temperature = s.temperature;
-  p.top_k = s.top_k;
-  p.top_p = s.top_p;
-  p.min_p = s.min_p;
-  p.repetition_penalty = s.repetition_penalty;
-  p.presence_penalty = s.presence_penalty;
-  p.frequency_penalty = s.frequency_penalty;
-  return p;
-}
-
 submit_result refuse(const std::string& id, errc code, const std::string& message) {
   submit_result r;
   r.accepted = false;
@@ -387,7 +375,7 @@ submit_result accept(self_ptr self, generate_request req) {
     return refuse(req.id, errc::invalid_argument, std::string("cannot tokenize the prompt: ") + e.what());
   }
   if (ids.empty()) return refuse(req.id, errc::invalid_argument, "the prompt has no tokens");
-  if (auto msg = to_params(req.sampling).validate(); !msg.empty()) return refuse(req.id, errc::invalid_argument, msg);
+  if (auto msg = req.sampling.validate(); !msg.empty()) return refuse(req.id, errc::invalid_argument, msg);
   if (req.max_tokens < 1) return refuse(req.id, errc::invalid_argument, "max_tokens must be at least 1");
   const auto n = static_cast<std::int64_t>(ids.size());
   if (n >= st.context_length) {

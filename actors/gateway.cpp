@@ -853,8 +853,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     out.sampling.repetition_penalty = s.getRepetitionPenalty();
     out.sampling.presence_penalty = s.getPresencePenalty();
     out.sampling.frequency_penalty = s.getFrequencyPenalty();
-    out.sampling.has_seed = s.getHasSeed();
-    out.sampling.seed = s.getSeed();
+    if (s.getHasSeed()) out.sampling.seed = s.getSeed();
     out.max_tokens = r.getMaxTokens();
     out.ignore_eos = r.getIgnoreEos();
     // Stop strings count against the prompt's byte limit: the batcher matches each against the

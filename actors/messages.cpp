@@ -9,7 +9,7 @@
 namespace shoal::actors {
 
 void register_message_types(caf::actor_system_config& cfg) {
-  cfg.add_message_type<sampling_spec>("shoal::sampling_spec");
+  cfg.add_message_type<sampling_params>("shoal::sampling_params");
   cfg.add_message_type<token_chunk>("shoal::token_chunk");
   cfg.add_message_type<generation_summary>("shoal::generation_summary");
   cfg.add_message_type<sink_actor>("shoal::sink_actor");

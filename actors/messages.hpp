@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/sampling/sampler.hpp"
+
 namespace shoal::actors {
 
 // CAF 0.17 atoms: at most 10 characters.
@@ -47,24 +49,28 @@ using admin_atom = caf::atom_constant<caf::atom("admin")>;
 using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
 using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
 
-/// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
-struct sampling_spec {
-  float temperature = 1.0f;
-  std::int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  bool has_seed = false;
-  std::uint64_t seed = 0;
-};
+}  // namespace shoal::actors
 
+namespace shoal {
+
+/// engine/sampling's parameters as they travel (found by argument-dependent lookup, so it lives in
+/// the type's namespace). The seed goes as a flag and a value, read back into the optional.
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, sampling_spec& x) {
-  return f(caf::meta::type_name("sampling_spec"), x.temperature, x.top_k, x.top_p, x.min_p,
-           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, x.has_seed, x.seed);
+typename Inspector::result_type inspect(Inspector& f, sampling_params& x) {
+  bool has_seed = x.seed.has_value();
+  std::uint64_t seed = x.seed.value_or(0);
+  auto load = caf::meta::load_callback([&]() -> caf::error {
+    if (has_seed) x.seed = seed;
+    else x.seed.reset();
+    return caf::none;
+  });
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_k, x.top_p, x.min_p,
+           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, has_seed, seed, load);
 }
+
+}  // namespace shoal
+
+namespace shoal::actors {
 
 /// Newly generated tokens of one request, sent as soon as they are sampled.
 struct token_chunk {
@@ -114,7 +120,7 @@ struct generate_request {
   std::vector<std::int32_t> prompt_ids;
   bool add_special = true;           // add BOS as the tokenizer says
   bool parse_special = true;         // special-token strings in the prompt become tokens
-  sampling_spec sampling;
+  sampling_params sampling;
   std::int32_t max_tokens = 128;
   bool ignore_eos = false;
   std::vector<std::string> stop;
@@ -263,7 +269,7 @@ typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
 struct seq_setup {
   std::string id;
   std::vector<std::int32_t> prompt;
-  sampling_spec sampling;
+  sampling_params sampling;
 };
 
 template <class Inspector>

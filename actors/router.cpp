@@ -77,7 +77,7 @@ std::string ids_text(const std::vector<std::int32_t>& ids) {
   return out;
 }
 
-json sampling_json(const sampling_spec& s) {
+json sampling_json(const sampling_params& s) {
   json j{{"temperature", s.temperature},
          {"top_k", s.top_k},
          {"top_p", s.top_p},
@@ -85,7 +85,7 @@ json sampling_json(const sampling_spec& s) {
          {"repetition_penalty", s.repetition_penalty},
          {"presence_penalty", s.presence_penalty},
          {"frequency_penalty", s.frequency_penalty}};
-  if (s.has_seed) j["seed"] = s.seed;
+  if (s.seed) j["seed"] = *s.seed;
   return j;
 }
 
@@ -498,7 +498,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         ctx->cache = st.opts.cache;
         // The answer cache: deterministic generations only, and only where the cache key (made
         // of the masked prompt) fully determines what the model sees.
-        const bool deterministic = req.sampling.temperature <= 0.0f || req.sampling.has_seed;
+        const bool deterministic = req.sampling.temperature <= 0.0f || req.sampling.seed.has_value();
         if (st.opts.cache && policy.cache && deterministic && req.kind == "generate" && !req.no_cache &&
             (!prompt_has_pii || policy.model_sees_masked)) {
           cache_key_fields f;
@@ -515,7 +515,7 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           f.ignore_eos = req.ignore_eos;
           f.stop = req.stop;
           f.stop_ids = req.stop_ids;
-          f.sampling = sampling_json(req.sampling).dump() + (req.sampling.has_seed ? "" : "|noseed");
+          f.sampling = sampling_json(req.sampling).dump() + (req.sampling.seed ? "" : "|noseed");
           ctx->cache_key = cache_key(f);
         }
         auto rp = self->make_response_promise<submit_result>();

@@ -26,19 +26,6 @@ struct shard_state {
   static inline const char* name = "shard_worker";
 };
 
-sampling_params to_params(const sampling_spec& s) {
-  sampling_params p;
-  p.temperature = s.temperature;
-  p.top_k = s.top_k;
-  p.top_p = s.top_p;
-  p.min_p = s.min_p;
-  p.repetition_penalty = s.repetition_penalty;
-  p.presence_penalty = s.presence_penalty;
-  p.frequency_penalty = s.frequency_penalty;
-  if (s.has_seed) p.seed = s.seed;
-  return p;
-}
-
 shard_spec spec_of(const shard_setup& s) {
   return shard_spec{s.rank, s.world, parse_parallel_mode(s.parallel)};
 }
@@ -55,7 +42,7 @@ step_result run_step(shard_state& st, const step_request& req) {
   for (const auto& id : req.dropped) st.samplers.erase(id);
   if (sampling) {
     for (const auto& a : req.added) {
-      auto s = std::make_unique<sampler>(to_params(a.sampling), n_valid);
+      auto s = std::make_unique<sampler>(a.sampling, n_valid);
       for (auto t : a.prompt) s->observe(t, false);
       st.samplers[a.id] = std::move(s);
     }
