@@ -3,12 +3,14 @@
 #include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
 #include "actors/cache.hpp"
+#include "actors/errors.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/shard_worker.hpp"
 
 namespace shoal::actors {
 
 void register_message_types(caf::actor_system_config& cfg) {
+  add_error_category(cfg);
   cfg.add_message_type<sampling_params>("shoal::sampling_params");
   cfg.add_message_type<token_chunk>("shoal::token_chunk");
   cfg.add_message_type<generation_summary>("shoal::generation_summary");

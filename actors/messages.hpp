@@ -9,6 +9,8 @@
 //   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
 //   (status_atom)                      -> cluster_status
 //   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
+// Refusals name an errc (submit_result::error_code, generation_summary::error_code); answers that
+// fail are caf::errors carrying an errc (actors/errors.hpp: read_error() gives the code back).
 // See actors/router.hpp.
 
 #include <caf/all.hpp>
@@ -48,6 +50,7 @@ using blocks_atom = caf::atom_constant<caf::atom("blocks")>;
 using admin_atom = caf::atom_constant<caf::atom("admin")>;
 using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
 using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
+using restart_atom = caf::atom_constant<caf::atom("restart")>;
 
 }  // namespace shoal::actors
 
@@ -179,6 +182,9 @@ struct replica_stats {
   std::string kind;          // the request kind pool it serves
   bool healthy = false;
   std::string detail;        // why it is not healthy
+  caf::error error;          // the same as a code (actors/errors.hpp) while it cannot serve: unavailable
+                             // while it (re)starts, another code when it failed for good (a missing
+                             // tokenizer is not_found); none while healthy
   double kv_usage = 0;       // 0..1
   std::int32_t kv_blocks = 0;
   std::int32_t free_blocks = 0;
@@ -191,7 +197,7 @@ struct replica_stats {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, replica_stats& x) {
-  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.kv_usage,
+  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.error, x.kv_usage,
            x.kv_blocks, x.free_blocks, x.waiting, x.running, x.max_waiting, x.context_length, x.preemptions);
 }
 
@@ -304,18 +310,19 @@ typename Inspector::result_type inspect(Inspector& f, step_request& x) {
   return f(caf::meta::type_name("step_request"), x.step, x.added, x.dropped, x.items);
 }
 
+/// A step that failed on a rank answers with a caf::error instead (actors/errors.hpp).
 struct step_result {
   std::uint64_t step = 0;
   std::vector<std::int32_t> sampled;  // rank 0: one token per item with sample=true, in order
-  std::string error;                  // non-empty: the step failed on this rank
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_result& x) {
-  return f(caf::meta::type_name("step_result"), x.step, x.sampled, x.error);
+  return f(caf::meta::type_name("step_result"), x.step, x.sampled);
 }
 
-/// Registers every type above with an actor system config. Call on every node.
+/// Registers every type above, and Shoal's error category (actors/errors.hpp), with an actor
+/// system config. Call on every node.
 void register_message_types(caf::actor_system_config& cfg);
 
 }  // namespace shoal::actors

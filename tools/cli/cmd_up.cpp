@@ -137,12 +137,9 @@ int run_up(const up_args& a) {
       auto h = c.health();
       ready = h.ready;
       last_detail = h.detail;
+      // A replica whose node is not reachable yet keeps trying (the node may still be starting):
+      // only the deadline below ends the wait, naming what is not ready.
       for (const auto& r : h.replicas) {
-        if (!r.healthy && r.detail.find("unreachable") != std::string::npos) {
-          std::cerr << "shoal up: replica " << r.name << ": " << r.detail << "\n";
-          stop_all(kids);
-          return 1;
-        }
         if (!r.healthy) last_detail = "replica " + r.name + ": " + r.detail;
       }
     } catch (const std::exception& e) {
