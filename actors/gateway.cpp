@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/errors.hpp"
 #include "server/front_door.hpp"
 #include "server/http_gateway.hpp"
 #include "engine/common/error.hpp"
@@ -112,23 +113,9 @@ void set_error(rpc::Error::Builder e, const std::string& code, const std::string
 }
 
 // An errc name and a message for a CAF error (the router answers tokenize with caf::error).
-std::pair<std::string, std::string> describe(caf::actor_system& sys, const caf::error& e) {
-  std::string message;
-  if (e.context().match_elements<std::string>()) message = e.context().get_as<std::string>(0);
-  if (message.empty()) message = sys.render(e);
-  if (e.category() == caf::atom("system")) {
-    switch (static_cast<caf::sec>(e.code())) {
-      case caf::sec::request_timeout:
-        return {to_string(errc::unavailable), "the router did not answer in time"};
-      case caf::sec::invalid_argument:
-        return {to_string(errc::invalid_argument), message};
-      case caf::sec::request_receiver_down:
-        return {to_string(errc::unavailable), "the router is down"};
-      default:
-        break;
-    }
-  }
-  return {to_string(errc::internal), message};
+std::pair<std::string, std::string> describe(caf::actor_system&, const caf::error& e) {
+  auto why = read_error(e, "the router");
+  return {to_string(why.code), why.message};
 }
 
 // ---- the loop's state
@@ -853,8 +840,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     out.sampling.repetition_penalty = s.getRepetitionPenalty();
     out.sampling.presence_penalty = s.getPresencePenalty();
     out.sampling.frequency_penalty = s.getFrequencyPenalty();
-    out.sampling.has_seed = s.getHasSeed();
-    out.sampling.seed = s.getSeed();
+    if (s.getHasSeed()) out.sampling.seed = s.getSeed();
     out.max_tokens = r.getMaxTokens();
     out.ignore_eos = r.getIgnoreEos();
     // Stop strings count against the prompt's byte limit: the batcher matches each against the

@@ -3,13 +3,15 @@
 #include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
 #include "actors/cache.hpp"
+#include "actors/errors.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/shard_worker.hpp"
 
 namespace shoal::actors {
 
 void register_message_types(caf::actor_system_config& cfg) {
-  cfg.add_message_type<sampling_spec>("shoal::sampling_spec");
+  add_error_category(cfg);
+  cfg.add_message_type<sampling_params>("shoal::sampling_params");
   cfg.add_message_type<token_chunk>("shoal::token_chunk");
   cfg.add_message_type<generation_summary>("shoal::generation_summary");
   cfg.add_message_type<sink_actor>("shoal::sink_actor");

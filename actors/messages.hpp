@@ -9,6 +9,8 @@
 //   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
 //   (status_atom)                      -> cluster_status
 //   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
+// Refusals name an errc (submit_result::error_code, generation_summary::error_code); answers that
+// fail are caf::errors carrying an errc (actors/errors.hpp: read_error() gives the code back).
 // See actors/router.hpp.
 
 #include <caf/all.hpp>
@@ -16,6 +18,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "engine/sampling/sampler.hpp"
 
 namespace shoal::actors {
 
@@ -46,25 +50,30 @@ using blocks_atom = caf::atom_constant<caf::atom("blocks")>;
 using admin_atom = caf::atom_constant<caf::atom("admin")>;
 using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
 using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
+using restart_atom = caf::atom_constant<caf::atom("restart")>;
 
-/// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
-struct sampling_spec {
-  float temperature = 1.0f;
-  std::int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  bool has_seed = false;
-  std::uint64_t seed = 0;
-};
+}  // namespace shoal::actors
 
+namespace shoal {
+
+/// engine/sampling's parameters as they travel (found by argument-dependent lookup, so it lives in
+/// the type's namespace). The seed goes as a flag and a value, read back into the optional.
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, sampling_spec& x) {
-  return f(caf::meta::type_name("sampling_spec"), x.temperature, x.top_k, x.top_p, x.min_p,
-           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, x.has_seed, x.seed);
+typename Inspector::result_type inspect(Inspector& f, sampling_params& x) {
+  bool has_seed = x.seed.has_value();
+  std::uint64_t seed = x.seed.value_or(0);
+  auto load = caf::meta::load_callback([&]() -> caf::error {
+    if (has_seed) x.seed = seed;
+    else x.seed.reset();
+    return caf::none;
+  });
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_k, x.top_p, x.min_p,
+           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, has_seed, seed, load);
 }
+
+}  // namespace shoal
+
+namespace shoal::actors {
 
 /// Newly generated tokens of one request, sent as soon as they are sampled.
 struct token_chunk {
@@ -114,7 +123,7 @@ struct generate_request {
   std::vector<std::int32_t> prompt_ids;
   bool add_special = true;           // add BOS as the tokenizer says
   bool parse_special = true;         // special-token strings in the prompt become tokens
-  sampling_spec sampling;
+  sampling_params sampling;
   std::int32_t max_tokens = 128;
   bool ignore_eos = false;
   std::vector<std::string> stop;
@@ -173,6 +182,9 @@ struct replica_stats {
   std::string kind;          // the request kind pool it serves
   bool healthy = false;
   std::string detail;        // why it is not healthy
+  caf::error error;          // the same as a code (actors/errors.hpp) while it cannot serve: unavailable
+                             // while it (re)starts, another code when it failed for good (a missing
+                             // tokenizer is not_found); none while healthy
   double kv_usage = 0;       // 0..1
   std::int32_t kv_blocks = 0;
   std::int32_t free_blocks = 0;
@@ -185,7 +197,7 @@ struct replica_stats {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, replica_stats& x) {
-  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.kv_usage,
+  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.error, x.kv_usage,
            x.kv_blocks, x.free_blocks, x.waiting, x.running, x.max_waiting, x.context_length, x.preemptions);
 }
 
@@ -263,7 +275,7 @@ typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
 struct seq_setup {
   std::string id;
   std::vector<std::int32_t> prompt;
-  sampling_spec sampling;
+  sampling_params sampling;
 };
 
 template <class Inspector>
@@ -298,18 +310,19 @@ typename Inspector::result_type inspect(Inspector& f, step_request& x) {
   return f(caf::meta::type_name("step_request"), x.step, x.added, x.dropped, x.items);
 }
 
+/// A step that failed on a rank answers with a caf::error instead (actors/errors.hpp).
 struct step_result {
   std::uint64_t step = 0;
   std::vector<std::int32_t> sampled;  // rank 0: one token per item with sample=true, in order
-  std::string error;                  // non-empty: the step failed on this rank
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_result& x) {
-  return f(caf::meta::type_name("step_result"), x.step, x.sampled, x.error);
+  return f(caf::meta::type_name("step_result"), x.step, x.sampled);
 }
 
-/// Registers every type above with an actor system config. Call on every node.
+/// Registers every type above, and Shoal's error category (actors/errors.hpp), with an actor
+/// system config. Call on every node.
 void register_message_types(caf::actor_system_config& cfg);
 
 }  // namespace shoal::actors

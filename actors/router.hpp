@@ -11,6 +11,12 @@
 // cache actor when it holds the answer; every request and administrative operation gets an audit
 // record, and a request's summary reaches its client only after that record is durable; anomaly
 // rules block principals (persisted by the auditor, lifted only by an audited admin unblock).
+//
+// The router is the actor; what it decides lives elsewhere: who may do what in the admission
+// policy (governance/admission.hpp, plain C++), a request's streaming, audit record and cache fill
+// in its tracker (actors/request_tracker.hpp), administrative operations in their own actor
+// (actors/admin_operation.hpp). Refusals carry an errc name chosen where the failure is known; a
+// replica that failed for good passes its error on (a missing tokenizer is not_found).
 
 #include <caf/all.hpp>
 

@@ -95,6 +95,8 @@ cluster_config cluster_config::load(const std::string& path) {
     s.token_budget = get<std::int32_t>(r, "token_budget", 256, where);
     s.max_prefill_chunk = get<std::int32_t>(r, "max_prefill_chunk", 128, where);
     s.max_waiting = get<std::int32_t>(r, "max_waiting", 256, where);
+    s.start_timeout_s = get<std::int32_t>(r, "start_timeout_s", 600, where);
+    s.step_timeout_s = get<std::int32_t>(r, "step_timeout_s", 120, where);
     if (!r["tensor_parallel"] || !r["tensor_parallel"].IsSequence() || r["tensor_parallel"].size() == 0) {
       fail("replica '" + s.name + "' needs 'tensor_parallel': the worker nodes of its ranks");
     }
@@ -116,6 +118,9 @@ cluster_config cluster_config::load(const std::string& path) {
     for (std::int32_t v : {s.weight, s.kv_cache_tokens, s.block_size, s.max_running, s.token_budget, s.max_prefill_chunk, s.max_waiting}) {
       if (v < 1) fail("replica '" + s.name + "': sizes and weights must be at least 1");
     }
+    if (s.start_timeout_s < 1 || s.step_timeout_s < 1) {
+      fail("replica '" + s.name + "': start_timeout_s and step_timeout_s must be at least 1 (seconds)");
+    }
     if (s.kind != "generate" && s.kind != "score" && s.kind != "embed") fail("replica '" + s.name + "' has unknown kind '" + s.kind + "'");
     c.replicas.push_back(s);
   }
@@ -129,6 +134,8 @@ cluster_config cluster_config::load(const std::string& path) {
   if (root["router"]) {
     c.router.kv_threshold = get<double>(root["router"], "kv_threshold", 0.85, path + " router");
     if (!(c.router.kv_threshold > 0 && c.router.kv_threshold <= 1)) fail("router.kv_threshold must be in (0, 1]");
+    c.router.submit_timeout_s = get<std::int32_t>(root["router"], "submit_timeout_s", 30, path + " router");
+    if (c.router.submit_timeout_s < 1) fail("router.submit_timeout_s must be at least 1 (seconds)");
   }
   return c;
 }

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/common/error.hpp"
+
 namespace YAML {
 class Node;
 }
@@ -95,9 +97,10 @@ class authenticator {
 class rate_limiter {
  public:
   explicit rate_limiter(const auth_config& cfg);
-  /// Admits a request of `tokens` (prompt + max_tokens) or returns why not ("" = admitted).
-  std::string admit(const std::string& tenant, std::int64_t tokens,
-                    std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+  /// Admits a request of `tokens` (prompt + max_tokens), or says why not: overloaded (the
+  /// cluster-wide limit) or rate_limited (the tenant's own limits).
+  std::optional<refusal> admit(const std::string& tenant, std::int64_t tokens,
+                               std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   /// A request admitted for `tenant` finished (frees its concurrency slot).
   void release(const std::string& tenant);
   std::int32_t in_flight() const;

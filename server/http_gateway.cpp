@@ -455,7 +455,6 @@ class openai_service final : public kj::HttpService {
     s.min_p = static_cast<float>(get_number(body, "min_p", 0.0, 0.0, 1.0));
     s.repetition_penalty = static_cast<float>(get_number(body, "repetition_penalty", 1.0, 0.01, 100.0));
     if (field(body, "seed")) {
-      s.has_seed = true;
       s.seed = static_cast<std::uint64_t>(
           get_int(body, "seed", 0, std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max()));
     }
@@ -523,7 +522,7 @@ class openai_service final : public kj::HttpService {
       for (std::int64_t i = 0; i < n; ++i) {
         generate_request r = p;
         // Different choices of one seeded request differ, and stay reproducible.
-        if (r.sampling.has_seed) r.sampling.seed += static_cast<std::uint64_t>(i);
+        if (r.sampling.seed) *r.sampling.seed += static_cast<std::uint64_t>(i);
         j->requests.push_back(std::move(r));
       }
     }

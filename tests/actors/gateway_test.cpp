@@ -79,9 +79,7 @@ class cluster {
       bo.model = *config_.find_model(spec.model);
       bo.router = router_;
       bo.metrics = registry_;
-      bo.nodes = {nm_};
-      bo.node_hosts = {"127.0.0.1"};
-      bo.node_threads = {1};
+      bo.ranks = {rank_node{"n0", "127.0.0.1", 0, 1, nm_}};
       auto b = spawn_batcher(*sys_, std::move(bo));
       batchers_.push_back(b);
       caf::anon_send(router_, ready_atom::value, spec.name, b);

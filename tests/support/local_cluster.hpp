@@ -88,6 +88,7 @@ struct replica_def {
   int token_budget = 256;
   int max_waiting = 256;
   std::string parallel = "tensor";  // replica 'parallel': tensor or expert
+  std::string extra_yaml = {};      // more keys of this replica, one "key: value" a line
 };
 
 class local_cluster {
@@ -212,6 +213,8 @@ class local_cluster {
       y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
            std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
            "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n    parallel: " + r.parallel + "\n";
+      std::istringstream extra(r.extra_yaml);
+      for (std::string line; std::getline(extra, line);) y += "    " + line + "\n";
     }
     y += extra_yaml_;
     // Tests measure the model unless they ask for the answer cache.
