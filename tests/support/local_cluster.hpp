@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <fstream>
 #include <map>
@@ -78,6 +79,7 @@ struct node_def {
   std::string name;
   std::vector<std::string> roles;
   int threads = 1;
+  std::string extra_yaml;  // more keys of this node, each line "    key: value\n"
 };
 
 struct replica_def {
@@ -125,6 +127,8 @@ class local_cluster {
   /// Starts a node (one held back, or again after kill_node: same config and data directory).
   void start_node(const std::string& name) { start(name); }
   int metrics_port(const std::string& node) const { return metrics_ports_.at(node); }
+  /// The node's CAF port (actor messages).
+  int actor_port(const std::string& node) const { return ports_.at(node); }
   pid_t pid(const std::string& node) const { return pids_.at(node); }
 
   /// Waits until health says ready and every replica is healthy (or throws with the last detail).
@@ -176,6 +180,25 @@ class local_cluster {
     pids_[node] = -1;
   }
 
+  /// Stops every node (SIGTERM) and waits for each; what they log on the way out is in their logs.
+  void stop_all() {
+    for (auto& [name, pid] : pids_) stop_node(name);
+  }
+
+  /// Everything every node has written to its log so far (including logs of earlier starts moved
+  /// aside after a port race).
+  std::string all_logs() const {
+    std::string out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      if (e.path().filename().string().find(".log") == std::string::npos) continue;
+      std::ifstream f(e.path(), std::ios::binary);
+      std::stringstream text;
+      text << f.rdbuf();
+      out += text.str();
+    }
+    return out;
+  }
+
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
     if (pids_.at(node) <= 0) return;  // already reaped
@@ -194,6 +217,7 @@ class local_cluster {
       y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
       for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
       y += "]\n    threads: " + std::to_string(n.threads) + "\n";
+      y += n.extra_yaml;
       metrics_ports_[n.name] = free_port();
       y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
       for (auto& r : n.roles) {
