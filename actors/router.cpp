@@ -312,6 +312,55 @@ void block(self_ptr self, const principal& who, const alert_trip& trip) {
             });
 }
 
+// Whether `ranges` are sorted, non-empty [begin, end) pairs inside a prompt of `size` bytes.
+bool valid_ranges(const std::vector<std::int32_t>& ranges, std::size_t size) {
+  if (ranges.size() % 2 != 0) return false;
+  std::int64_t last = 0;
+  for (std::size_t i = 0; i < ranges.size(); i += 2) {
+    if (ranges[i] < last || ranges[i + 1] <= ranges[i] || static_cast<std::size_t>(ranges[i + 1]) > size) return false;
+    last = ranges[i + 1];
+  }
+  return true;
+}
+
+// Masks a chat's prompt piece by piece (template text and contents apart), moving `ranges` along
+// with the text they mark, so the model can be given the masked prompt with its template tokens
+// intact. A value that only the whole text shows (split across a piece boundary) is masked the
+// plain way instead, and `ranges` cleared: then no special token is parsed at all.
+governance::mask_result mask_chat(const governance::masker& m, const std::string& prompt,
+                                  std::vector<std::int32_t>& ranges) {
+  governance::mask_result out;
+  std::vector<std::int32_t> moved;
+  std::size_t pos = 0;
+  auto piece = [&](std::size_t end, bool from_template) {
+    if (end <= pos) return;
+    auto r = m.mask(std::string_view(prompt).substr(pos, end - pos));
+    if (from_template) {
+      moved.push_back(static_cast<std::int32_t>(out.text.size()));
+      moved.push_back(static_cast<std::int32_t>(out.text.size() + r.text.size()));
+    }
+    for (auto& f : r.findings) {
+      f.begin += pos;
+      f.end += pos;
+      out.findings.push_back(std::move(f));
+    }
+    for (const auto& [name, n] : r.counts) out.counts[name] += n;
+    out.text += r.text;
+    pos = end;
+  };
+  for (std::size_t i = 0; i + 1 < ranges.size(); i += 2) {
+    piece(static_cast<std::size_t>(ranges[i]), false);
+    piece(static_cast<std::size_t>(ranges[i + 1]), true);
+  }
+  piece(prompt.size(), false);
+  if (m.contains_pii(out.text)) {
+    ranges.clear();
+    return m.mask(prompt);
+  }
+  ranges = std::move(moved);
+  return out;
+}
+
 admin_result admin_refusal(errc code, std::string message) {
   admin_result r;
   r.error_code = to_string(code);
@@ -452,6 +501,12 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         if (!st.opts.config.find_model(req.model)) return refused(errc::not_found, "unknown model '" + req.model + "'");
         const auto& policy = st.opts.config.auth.policy(who->domain);
         const auto* tenant = st.opts.config.auth.find_tenant(who->tenant);
+        if (!valid_ranges(req.special_ranges, req.prompt.size())) {
+          return refused(errc::invalid_argument, "special_ranges must be sorted [begin, end) byte pairs inside the prompt");
+        }
+        // Special-token strings in a completion prompt are text unless the tenant is trusted with
+        // them; the template text of a chat (special_ranges) keeps its tokens either way.
+        if (req.special_ranges.empty() && !(tenant && tenant->special_tokens)) req.parse_special = false;
         auto allowed = [&](const std::vector<std::string>& list) {
           return list.empty() || std::find(list.begin(), list.end(), req.model) != list.end();
         };
@@ -479,7 +534,9 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         }
         // Personal data is masked before anything is stored or logged; the model sees the masked
         // prompt where the domain's policy says so.
-        auto masked = st.masker->mask(req.prompt);
+        const bool chat_seen_masked = policy.model_sees_masked && !req.special_ranges.empty();
+        auto masked = chat_seen_masked ? mask_chat(*st.masker, req.prompt, req.special_ranges) : st.masker->mask(req.prompt);
+        if (chat_seen_masked && req.special_ranges.empty()) req.parse_special = false;
         const bool prompt_has_pii = !masked.findings.empty();
         if (policy.model_sees_masked) req.prompt = masked.text;
         const std::string input = req.prompt_ids.empty() ? masked.text : "ids:" + ids_text(req.prompt_ids);
@@ -507,6 +564,8 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           f.model = req.model;
           f.model_version = st.model_versions[req.model];
           f.kind = req.kind;
+          // Where the template's tokens may be changes the ids as much as the prompt does.
+          if (!req.special_ranges.empty()) f.kind += "|template-ranges:" + ids_text(req.special_ranges);
           f.masked_prompt = masked.text;
           f.prompt_ids = req.prompt_ids;
           f.add_special = req.add_special;
@@ -704,6 +763,43 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
               }, fail);
         }
         return rp;
+      },
+      [=](authn_atom, door_caller c) -> auth_result {
+        // A front door asks before it does anything else with a request: a key that is given is
+        // valid, or the request ends here, with its audit record.
+        auto& st = self->state;
+        const bool had_key = !c.api_key.empty();
+        auto who = st.auth->authenticate(c.api_key);
+        c.api_key.clear();
+        auth_result r;
+        auto refused = [&](errc code, const std::string& message, const char* status = "error") {
+          auto rec = base_record(st, "request", c.operation, who ? &*who : nullptr, "", "", c.client_address,
+                                 c.api_method);
+          audit_async(self, rec, status, to_string(code), message);
+          r.error_code = to_string(code);
+          r.error_message = message;
+          return r;
+        };
+        if (!who) return refused(errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
+        const auto key = principal_key(*who);
+        if (auto b = st.blocked.find(key); b != st.blocked.end()) {
+          return refused(errc::forbidden, "principal '" + key + "' is blocked (" + b->second + ")", "blocked");
+        }
+        r.ok = true;
+        r.tenant = who->tenant;
+        r.principal = who->id;
+        return r;
+      },
+      [=](refused_atom, door_refusal d) {
+        // A request a door refused itself: one record, like those the router refuses. What the
+        // client wrote (a model name, text quoted in a message) is masked first.
+        auto& st = self->state;
+        auto who = st.auth->authenticate(d.caller.api_key);
+        d.caller.api_key.clear();
+        auto rec = base_record(st, "request", d.caller.operation, who ? &*who : nullptr, "", st.masker->mask(d.model).text,
+                               d.caller.client_address, d.caller.api_method);
+        rec["how"]["refused_by"] = "door";
+        audit_async(self, rec, "error", d.error_code, st.masker->mask(d.error_message).text);
       },
       [=](ready_atom, const std::string& name, const batcher_actor& b) {
         for (auto& r : self->state.replicas) {

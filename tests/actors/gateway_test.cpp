@@ -61,6 +61,12 @@ class cluster {
     sys_ = std::make_unique<caf::actor_system>(cfg_);
 
     config_.name = "test";
+    // chat_renders_the_model_template sends a rendered chat as a plain prompt, special tokens and
+    // all: callers without a key (tenant "anonymous") may here.
+    shoal::governance::tenant_spec anonymous;
+    anonymous.name = "anonymous";
+    anonymous.special_tokens = true;
+    config_.auth.tenants.push_back(anonymous);
     node_spec node;
     node.name = "n0";
     node.roles = {"router", "gateway", "worker"};
