@@ -569,8 +569,9 @@ std::string post_head(const std::string& path, const std::vector<std::string>& h
 std::unique_ptr<local_cluster> one_node_with_chat(const shoal::test::temp_dir& models, const std::string& node_yaml = "",
                                                   const std::string& extra = "") {
   auto cl = std::make_unique<local_cluster>(
-      chat_model(models), std::vector<shoal::test::node_def>{{"main", {"router", "gateway", "worker"}, 1, node_yaml}},
-      std::vector<shoal::test::replica_def>{{"r0", {"main"}}}, tenants_yaml() + extra);
+      chat_model(models), std::vector<shoal::test::node_def>{{"main", {"router", "gateway", "worker"}, 1}},
+      std::vector<shoal::test::replica_def>{{"r0", {"main"}}}, tenants_yaml() + extra, true,
+      std::map<std::string, std::string>{{"main", node_yaml}});
   cl->wait_ready();
   return cl;
 }

@@ -79,7 +79,6 @@ struct node_def {
   std::string name;
   std::vector<std::string> roles;
   int threads = 1;
-  std::string extra_yaml;  // more keys of this node, each line "    key: value\n"
 };
 
 struct replica_def {
@@ -95,10 +94,16 @@ struct replica_def {
 class local_cluster {
  public:
   /// `extra_yaml` is appended to the config (auth, tenants, ...). With `start_workers` false only
-  /// the router's node starts; start_node() starts the others.
+  /// the router's node starts; start_node() starts the others. `node_yaml` adds keys to the named
+  /// nodes, each line "    key: value\n".
   local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
-                const std::string& extra_yaml = "", bool start_workers = true)
-      : model_path_(model_path), nodes_(std::move(nodes)), replicas_(std::move(replicas)), extra_yaml_(extra_yaml) {
+                const std::string& extra_yaml = "", bool start_workers = true,
+                std::map<std::string, std::string> node_yaml = {})
+      : model_path_(model_path),
+        nodes_(std::move(nodes)),
+        replicas_(std::move(replicas)),
+        extra_yaml_(extra_yaml),
+        node_yaml_(std::move(node_yaml)) {
     write_config();
     start_in_order([&](const node_def& n) { return start_workers || is_router(n); });
   }
@@ -217,7 +222,7 @@ class local_cluster {
       y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
       for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
       y += "]\n    threads: " + std::to_string(n.threads) + "\n";
-      y += n.extra_yaml;
+      if (auto it = node_yaml_.find(n.name); it != node_yaml_.end()) y += it->second;
       metrics_ports_[n.name] = free_port();
       y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
       for (auto& r : n.roles) {
@@ -341,6 +346,7 @@ class local_cluster {
   std::vector<node_def> nodes_;
   std::vector<replica_def> replicas_;
   std::string extra_yaml_;
+  std::map<std::string, std::string> node_yaml_;
   std::map<std::string, std::string> ended_;  // how a node reaped by the harness ended
   int port_restarts_ = 0;
   std::map<std::string, int> ports_;
