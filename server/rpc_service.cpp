@@ -470,15 +470,23 @@ class quiet_errors final : public kj::TaskSet::ErrorHandler {
 // exists before the bootstrap object that uses it.
 struct connection {
   connection(front_door& door, kj::Own<kj::AsyncIoStream>&& s, capnp::ReaderOptions limits)
-      : streams(kj::heap<kj::TaskSet>(errors)),
+      : door(door),
+        streams(kj::heap<kj::TaskSet>(errors)),
         stream(kj::mv(s)),
+        peer(peer_address(*stream)),
         network(*stream, capnp::rpc::twoparty::Side::SERVER, limits),
-        rpc_system(capnp::makeRpcServer(network, kj::heap<shoal_impl>(door, peer_address(*stream), *streams))) {}
-  ~connection() noexcept(false) { streams = nullptr; }
+        rpc_system(capnp::makeRpcServer(network, kj::heap<shoal_impl>(door, peer, *streams))) {}
+  ~connection() noexcept(false) {
+    // Streams still running when the connection ends: the client went away mid-answer.
+    if (!streams->isEmpty()) door.telemetry().client_gone("rpc", "response", peer);
+    streams = nullptr;
+  }
 
+  front_door& door;
   quiet_errors errors;
   kj::Own<kj::TaskSet> streams;
   kj::Own<kj::AsyncIoStream> stream;
+  std::string peer;
   capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_system;
 };

@@ -93,6 +93,7 @@ class cluster {
       caf::anon_send(router_, ready_atom::value, spec.name, b);
     }
     for (const auto& m : config_.models) go.models.emplace_back(m.name, m.path);
+    go.registry = registry_;
     gateway_ = start_gateway(*sys_, router_, go);
     wait_ready();
   }
@@ -400,6 +401,8 @@ BOOST_AUTO_TEST_CASE(dropped_connection_cancels,
                       "the request still runs after its client disconnected");
   const double after = metric_value(render_metrics(*c.registry()), cancelled);
   BOOST_CHECK_EQUAL(after, before + 1);
+  // The client that went away mid-answer is counted once (issue 18 item 4, the RPC door).
+  BOOST_CHECK_EQUAL(metric_value(render_metrics(*c.registry()), "shoal:client_disconnects_total{door=\"rpc\""), 1.0);
 }
 
 // A peer that accepts the connection but never answers (not a Shoal gateway, or a stuck one): the
