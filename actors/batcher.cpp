@@ -566,7 +566,18 @@ submit_result accept(self_ptr self, generate_request req) {
       }
       ids = req.prompt_ids;
     } else {
-      ids = st.tok->encode(req.prompt, encode_options{req.add_special, req.parse_special});
+      const encode_options opts{req.add_special, req.parse_special};
+      if (req.special_ranges.empty()) {
+        ids = st.tok->encode(req.prompt, opts);
+      } else {
+        // A chat: only the template's own text may hold special tokens.
+        std::vector<byte_range> ranges;
+        for (std::size_t i = 0; i + 1 < req.special_ranges.size(); i += 2) {
+          ranges.push_back({static_cast<std::size_t>(req.special_ranges[i]),
+                            static_cast<std::size_t>(req.special_ranges[i + 1])});
+        }
+        ids = st.tok->encode(req.prompt, opts, ranges);
+      }
     }
   } catch (const std::exception& e) {
     return refuse(req.id, errc::invalid_argument, std::string("cannot tokenize the prompt: ") + e.what());

@@ -9,6 +9,8 @@
 //   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
 //   (status_atom)                      -> cluster_status
 //   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
+//   (authn_atom, door_caller)          -> auth_result (a refusal is audited)
+//   (refused_atom, door_refusal)       -> audits a request a front door refused
 // Refusals name an errc (submit_result::error_code, generation_summary::error_code); answers that
 // fail are caf::errors carrying an errc (actors/errors.hpp: read_error() gives the code back).
 // See actors/router.hpp.
@@ -51,6 +53,9 @@ using admin_atom = caf::atom_constant<caf::atom("admin")>;
 using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
 using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
 using restart_atom = caf::atom_constant<caf::atom("restart")>;
+// Front doors: check a caller's key before anything else; audit what a door refuses itself.
+using authn_atom = caf::atom_constant<caf::atom("authn")>;
+using refused_atom = caf::atom_constant<caf::atom("refused")>;
 
 }  // namespace shoal::actors
 
@@ -122,7 +127,12 @@ struct generate_request {
   std::string prompt;                // text, used when prompt_ids is empty
   std::vector<std::int32_t> prompt_ids;
   bool add_special = true;           // add BOS as the tokenizer says
-  bool parse_special = true;         // special-token strings in the prompt become tokens
+  // Special-token strings in the prompt become tokens, where the caller's tenant allows it
+  // (tenant `special_tokens`); otherwise, and always with false, they are text.
+  bool parse_special = true;
+  // A chat: [begin, end) byte pairs of `prompt` that the chat template wrote. Special-token strings
+  // are tokens inside them only (whatever the tenant), so message contents stay text.
+  std::vector<std::int32_t> special_ranges;
   sampling_params sampling;
   std::int32_t max_tokens = 128;
   bool ignore_eos = false;
@@ -143,7 +153,7 @@ struct generate_request {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.id, x.model, x.kind, x.prompt, x.prompt_ids,
-           x.add_special, x.parse_special, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
+           x.add_special, x.parse_special, x.special_ranges, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
            x.priority, x.sink, x.api_key, x.client_address, x.api_method, x.tenant, x.principal, x.domain, x.no_cache);
 }
 
@@ -319,6 +329,47 @@ struct step_result {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_result& x) {
   return f(caf::meta::type_name("step_result"), x.step, x.sampled);
+}
+
+/// Who is calling, as a front door saw it, for the router to check before the door does anything
+/// else with the request.
+struct door_caller {
+  std::string api_key;         // "" = none given
+  std::string client_address;
+  std::string api_method;      // e.g. http.completions, rpc.generate
+  std::string operation;       // what is asked, for the audit: generate | models | health | http
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, door_caller& x) {
+  return f(caf::meta::type_name("door_caller"), x.api_key, x.client_address, x.api_method, x.operation);
+}
+
+struct auth_result {
+  bool ok = false;
+  std::string error_code;  // unauthenticated | forbidden (a blocked principal)
+  std::string error_message;
+  std::string tenant;
+  std::string principal;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, auth_result& x) {
+  return f(caf::meta::type_name("auth_result"), x.ok, x.error_code, x.error_message, x.tenant, x.principal);
+}
+
+/// A request a front door refused itself (malformed, over a limit, an unknown model): the router
+/// writes its audit record, as it does for the requests it refuses.
+struct door_refusal {
+  door_caller caller;
+  std::string model;          // as the client named it ("" = none)
+  std::string error_code;     // errc name
+  std::string error_message;  // the router masks it (and the model) before it is stored
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, door_refusal& x) {
+  return f(caf::meta::type_name("door_refusal"), x.caller, x.model, x.error_code, x.error_message);
 }
 
 /// Registers every type above, and Shoal's error category (actors/errors.hpp), with an actor

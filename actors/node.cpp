@@ -165,6 +165,10 @@ int run_node(const node_run_options& o) {
         for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
         go.http = node->http_port > 0;
         go.http_port = node->http_port;
+        go.body_timeout_ms = node->http_body_timeout_ms;
+        go.max_connections = node->max_connections;
+        go.registry = registry;
+        go.pii = cfg.governance.pii;
         gateway = start_gateway(sys, router, go);
         log::info("Cap'n Proto RPC on {}:{}", node->host, gateway->port());
         if (go.http) log::info("OpenAI-compatible HTTP on http://{}:{}/v1", node->host, gateway->http_port());

@@ -351,6 +351,8 @@ caf::result<submit_result> generate(self_ptr self, generate_request req) {
   ar.deterministic = req.sampling.temperature <= 0.0f || req.sampling.seed.has_value();
   ar.no_cache = req.no_cache;
   ar.has_sink = static_cast<bool>(req.sink);
+  ar.parse_special = req.parse_special;
+  ar.special_ranges = req.special_ranges;
   auto a = st.policy->admit(ar);
   auto rec = base_record(st, "request", req.kind, a.who ? &*a.who : nullptr, req.id, req.model, req.client_address,
                          req.api_method);
@@ -368,6 +370,8 @@ caf::result<submit_result> generate(self_ptr self, generate_request req) {
   req.principal = who.id;
   req.domain = to_string(who.domain);
   req.priority = a.priority;
+  req.parse_special = a.parse_special;
+  req.special_ranges = a.special_ranges;
   if (a.model_sees_masked) req.prompt = a.masked.text;
   const std::string input = req.prompt_ids.empty() ? a.masked.text : "ids:" + ids_text(req.prompt_ids);
   rec["digests"] = json{{"input_sha256", sha256_hex(input)}};
@@ -390,6 +394,8 @@ caf::result<submit_result> generate(self_ptr self, generate_request req) {
     f.model = req.model;
     f.model_version = st.model_versions[req.model];
     f.kind = req.kind;
+    // Where the template's tokens may be changes the ids as much as the prompt does.
+    if (!req.special_ranges.empty()) f.kind += "|template-ranges:" + ids_text(req.special_ranges);
     f.masked_prompt = a.masked.text;
     f.prompt_ids = req.prompt_ids;
     f.add_special = req.add_special;
@@ -491,6 +497,38 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         if (auto b = self->state.policy->finished(tenant, who, tokens)) persist_block(self, *b);
       },
       [=](admin_atom, admin_request req) -> caf::result<admin_result> { return admin(self, std::move(req)); },
+      [=](authn_atom, door_caller c) -> auth_result {
+        // A front door asks before it does anything else with a request: a key that is given is
+        // valid, or the request ends here, with its audit record.
+        auto& st = self->state;
+        auto d = st.policy->check_caller(c.api_key);
+        c.api_key.clear();
+        auth_result r;
+        if (d.refused) {
+          auto rec = base_record(st, "request", c.operation, d.who ? &*d.who : nullptr, "", "", c.client_address,
+                                 c.api_method);
+          audit_refusal(self, rec, d);
+          r.error_code = to_string(d.refused->code);
+          r.error_message = d.refused->message;
+          return r;
+        }
+        r.ok = true;
+        r.tenant = d.who->tenant;
+        r.principal = d.who->id;
+        return r;
+      },
+      [=](refused_atom, door_refusal d) {
+        // A request a door refused itself: one record, like those the router refuses. What the
+        // client wrote (a model name, text quoted in a message) is masked first.
+        auto& st = self->state;
+        auto who = st.policy->identify(d.caller.api_key);
+        d.caller.api_key.clear();
+        const auto& m = *st.policy->pii_masker();
+        auto rec = base_record(st, "request", d.caller.operation, who ? &*who : nullptr, "", m.mask(d.model).text,
+                               d.caller.client_address, d.caller.api_method);
+        rec["how"]["refused_by"] = "door";
+        audit_async(self, rec, "error", d.error_code, m.mask(d.error_message).text);
+      },
       [=](ready_atom, const std::string& name, const batcher_actor& b) {
         for (auto& r : self->state.replicas) {
           if (r.spec.name == name) {

@@ -43,7 +43,10 @@ using router_actor = caf::typed_actor<
     caf::reacts_to<ready_atom, std::string, batcher_actor>,   // a replica's batcher exists
     // a tracked request ended: tenant, principal ("tenant/key id"), completion tokens
     caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>,
-    caf::replies_to<admin_atom, admin_request>::with<admin_result>>;
+    caf::replies_to<admin_atom, admin_request>::with<admin_result>,
+    // front doors: the caller's key first; the requests they refuse themselves, for the audit
+    caf::replies_to<authn_atom, door_caller>::with<auth_result>,
+    caf::reacts_to<refused_atom, door_refusal>>;
 
 struct router_options {
   cluster_config config;

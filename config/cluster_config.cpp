@@ -47,6 +47,8 @@ cluster_config cluster_config::load(const std::string& path) {
     s.http_port = get<std::int32_t>(n, "http_port", 0, where);
     s.metrics_port = get<std::int32_t>(n, "metrics_port", 0, where);
     s.threads = get<std::int32_t>(n, "threads", 1, where);
+    s.http_body_timeout_ms = get<std::int32_t>(n, "http_body_timeout_ms", 30000, where);
+    s.max_connections = get<std::int32_t>(n, "max_connections", 256, where);
     if (n["roles"]) {
       if (!n["roles"].IsSequence()) fail("node '" + s.name + "': 'roles' must be a list");
       for (const auto& r : n["roles"]) s.roles.push_back(r.as<std::string>());
@@ -61,6 +63,8 @@ cluster_config cluster_config::load(const std::string& path) {
     if (s.port == 0) fail("node '" + s.name + "' needs a 'port' for actor messages");
     if (s.has_role("gateway") && s.rpc_port == 0) fail("gateway node '" + s.name + "' needs an 'rpc_port'");
     if (s.threads < 1) fail("node '" + s.name + "': threads must be at least 1");
+    if (s.http_body_timeout_ms < 1) fail("node '" + s.name + "': http_body_timeout_ms must be at least 1");
+    if (s.max_connections < 1) fail("node '" + s.name + "': max_connections must be at least 1");
     c.nodes.push_back(s);
   }
   const auto routers = std::count_if(c.nodes.begin(), c.nodes.end(), [](auto& n) { return n.has_role("router"); });

@@ -21,6 +21,11 @@ struct node_spec {
   std::int32_t http_port = 0;     // OpenAI-compatible HTTP gateway (gateway role; 0 = off)
   std::int32_t metrics_port = 0;  // Prometheus /metrics (0 = off)
   std::int32_t threads = 1;       // compute threads per shard worker on this node. Default: 1
+  // Front doors (gateway role). How long an HTTP request body may take to arrive once its headers
+  // are in (then 408). Default: 30000
+  std::int32_t http_body_timeout_ms = 30000;
+  // Open connections per door (RPC and HTTP each); more are refused (HTTP 503). Default: 256
+  std::int32_t max_connections = 256;
 
   bool has_role(const std::string& r) const;
 };

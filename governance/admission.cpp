@@ -7,6 +7,58 @@ namespace shoal::governance {
 
 std::string principal_key(const principal& p) { return p.tenant + "/" + p.id; }
 
+namespace {
+
+// Whether `ranges` are sorted, non-empty [begin, end) pairs inside a prompt of `size` bytes.
+bool valid_ranges(const std::vector<std::int32_t>& ranges, std::size_t size) {
+  if (ranges.size() % 2 != 0) return false;
+  std::int64_t last = 0;
+  for (std::size_t i = 0; i < ranges.size(); i += 2) {
+    if (ranges[i] < last || ranges[i + 1] <= ranges[i] || static_cast<std::size_t>(ranges[i + 1]) > size) return false;
+    last = ranges[i + 1];
+  }
+  return true;
+}
+
+// Masks a chat's prompt piece by piece (template text and contents apart), moving `ranges` along
+// with the text they mark, so the model can be given the masked prompt with its template tokens
+// intact. A value that only the whole text shows (split across a piece boundary) is masked the
+// plain way instead, and `ranges` cleared: then no special token is parsed at all.
+mask_result mask_chat(const masker& m, const std::string& prompt, std::vector<std::int32_t>& ranges) {
+  mask_result out;
+  std::vector<std::int32_t> moved;
+  std::size_t pos = 0;
+  auto piece = [&](std::size_t end, bool from_template) {
+    if (end <= pos) return;
+    auto r = m.mask(std::string_view(prompt).substr(pos, end - pos));
+    if (from_template) {
+      moved.push_back(static_cast<std::int32_t>(out.text.size()));
+      moved.push_back(static_cast<std::int32_t>(out.text.size() + r.text.size()));
+    }
+    for (auto& f : r.findings) {
+      f.begin += pos;
+      f.end += pos;
+      out.findings.push_back(std::move(f));
+    }
+    for (const auto& [name, n] : r.counts) out.counts[name] += n;
+    out.text += r.text;
+    pos = end;
+  };
+  for (std::size_t i = 0; i + 1 < ranges.size(); i += 2) {
+    piece(static_cast<std::size_t>(ranges[i]), false);
+    piece(static_cast<std::size_t>(ranges[i + 1]), true);
+  }
+  piece(prompt.size(), false);
+  if (m.contains_pii(out.text)) {
+    ranges.clear();
+    return m.mask(prompt);
+  }
+  ranges = std::move(moved);
+  return out;
+}
+
+}  // namespace
+
 admission_policy::admission_policy(admission_options opts)
     : opts_(std::move(opts)),
       auth_(opts_.auth),
@@ -55,6 +107,10 @@ admission admission_policy::admit(const admission_request& r) {
   }
   const auto& policy = opts_.auth.policy(who.domain);
   const auto* tenant = opts_.auth.find_tenant(who.tenant);
+  if (!valid_ranges(r.special_ranges, r.prompt.size())) {
+    a.refused = refusal{errc::invalid_argument, "special_ranges must be sorted [begin, end) byte pairs inside the prompt"};
+    return a;
+  }
   auto allowed = [&](const std::vector<std::string>& list) {
     return list.empty() || std::find(list.begin(), list.end(), r.model) != list.end();
   };
@@ -83,9 +139,15 @@ admission admission_policy::admit(const admission_request& r) {
                               std::max(0, r.max_tokens);
   if ((a.refused = limiter_.admit(who.tenant, tokens))) return a;
   a.counted = true;
+  // Special-token strings in a completion prompt are text unless the tenant is trusted with them;
+  // the template text of a chat (special_ranges) keeps its tokens either way.
+  a.special_ranges = r.special_ranges;
+  a.parse_special = r.parse_special && (!r.special_ranges.empty() || (tenant && tenant->special_tokens));
   // Personal data is masked before anything is stored or logged; the model sees the masked prompt
-  // where the domain's policy says so.
-  a.masked = masker_->mask(r.prompt);
+  // where the domain's policy says so (a chat masked piece by piece, keeping its template tokens).
+  const bool chat_seen_masked = policy.model_sees_masked && !r.special_ranges.empty();
+  a.masked = chat_seen_masked ? mask_chat(*masker_, r.prompt, a.special_ranges) : masker_->mask(r.prompt);
+  if (chat_seen_masked && a.special_ranges.empty()) a.parse_special = false;
   a.prompt_has_pii = !a.masked.findings.empty();
   a.model_sees_masked = policy.model_sees_masked;
   a.store_masked_text = policy.store_masked_text;
@@ -95,6 +157,12 @@ admission admission_policy::admit(const admission_request& r) {
   a.cacheable = opts_.cache && policy.cache && r.deterministic && r.kind == "generate" && !r.no_cache &&
                 (!a.prompt_has_pii || policy.model_sees_masked);
   return a;
+}
+
+decision admission_policy::check_caller(const std::string& api_key) {
+  decision d;
+  check_key(d, api_key);
+  return d;
 }
 
 admin_admission admission_policy::admit_admin(const std::string& api_key, const std::string& op,

@@ -8,7 +8,8 @@
 // thread-safe, except the rate limiter inside).
 //
 // Checks run in this order, the first failure deciding the answer:
-//   key -> blocked -> model known -> model allowed -> kind -> sink -> operation rules -> limits
+//   key -> blocked -> model known -> template ranges -> model allowed -> kind -> sink ->
+//   operation rules -> limits
 
 #include <cstdint>
 #include <map>
@@ -48,6 +49,10 @@ struct admission_request {
   bool deterministic = false;            // greedy or seeded: the same request gives the same answer
   bool no_cache = false;                 // the caller opts out of the answer cache
   bool has_sink = true;                  // somewhere to stream the tokens to
+  bool parse_special = true;             // the caller wants special-token strings in the prompt parsed
+  /// A chat: sorted [begin, end) byte pairs of `prompt` that the chat template wrote. Special-token
+  /// strings are tokens inside them only, whatever the tenant, so message contents stay text.
+  std::vector<std::int32_t> special_ranges;
 };
 
 /// A rule tripped: the principal is blocked from now on, and the caller persists and audits it.
@@ -75,6 +80,10 @@ struct admission : decision {
   bool store_masked_text = false;      // the audit record keeps the masked input, not only its digest
   bool encrypt_cache = false;          // cached answers are sealed at rest
   bool cacheable = false;              // may be answered from, and fill, the answer cache
+  /// Whether special-token strings of the prompt the model sees are parsed: in a completion prompt
+  /// only for tenants trusted with them (`special_tokens`), in a chat inside `special_ranges` only.
+  bool parse_special = false;
+  std::vector<std::int32_t> special_ranges;  // the request's, moved along with the masking
 };
 
 struct admin_admission : decision {
@@ -88,6 +97,12 @@ class admission_policy {
   /// Decides on a generation request. When it is admitted, `counted` is set and the caller owes
   /// a release() (or finished()) for it.
   admission admit(const admission_request& r);
+
+  /// Only the caller: a key that is given must be valid and its principal not blocked (what a
+  /// front door asks before it does anything else with a request).
+  decision check_caller(const std::string& api_key);
+  /// The principal of `api_key`, if any (for records of requests refused before admission).
+  std::optional<principal> identify(const std::string& api_key) const { return auth_.authenticate(api_key); }
 
   /// Decides on an administrative operation (query, export, blocks, unblock, purge_cache) for
   /// `tenant` ("" = the caller's own, or all for an admin): only admins see blocks and lift them,

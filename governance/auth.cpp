@@ -100,6 +100,7 @@ auth_config auth_config::from_yaml(const YAML::Node& root, const std::string& fi
       if (!d) fail("tenant '" + s.name + "' has an unknown domain");
       s.domain = *d;
       s.models = get_list(t, "models", where);
+      s.special_tokens = get<bool>(t, "special_tokens", false, where);
       if (t["limits"]) {
         s.limits.requests_per_minute = get<std::int32_t>(t["limits"], "requests_per_minute", 0, where);
         s.limits.tokens_per_minute = get<std::int64_t>(t["limits"], "tokens_per_minute", 0, where);

@@ -53,6 +53,10 @@ struct tenant_spec {
   std::vector<std::string> models;  // allowed models; empty: every model the domain allows
   tenant_limits limits;
   std::vector<key_spec> keys;
+  /// Special-token strings in this tenant's completion prompts become control tokens (trusted
+  /// callers that build prompts themselves). Chat message contents stay text regardless.
+  /// Default: false
+  bool special_tokens = false;
 };
 
 struct domain_policy {

@@ -61,6 +61,12 @@ class cluster {
     sys_ = std::make_unique<caf::actor_system>(cfg_);
 
     config_.name = "test";
+    // chat_renders_the_model_template sends a rendered chat as a plain prompt, special tokens and
+    // all: callers without a key (tenant "anonymous") may here.
+    shoal::governance::tenant_spec anonymous;
+    anonymous.name = "anonymous";
+    anonymous.special_tokens = true;
+    config_.auth.tenants.push_back(anonymous);
     node_spec node;
     node.name = "n0";
     node.roles = {"router", "gateway", "worker"};
@@ -85,6 +91,7 @@ class cluster {
       caf::anon_send(router_, ready_atom::value, spec.name, b);
     }
     for (const auto& m : config_.models) go.models.emplace_back(m.name, m.path);
+    go.registry = registry_;
     gateway_ = start_gateway(*sys_, router_, go);
     wait_ready();
   }
@@ -392,6 +399,15 @@ BOOST_AUTO_TEST_CASE(dropped_connection_cancels,
                       "the request still runs after its client disconnected");
   const double after = metric_value(render_metrics(*c.registry()), cancelled);
   BOOST_CHECK_EQUAL(after, before + 1);
+  // The client that went away mid-answer is counted once (issue 18 item 4, the RPC door). The
+  // count is taken on the gateway's loop when the connection ends, which can come after the
+  // cancelled generation was already idle: give it a moment, then it must be exactly one.
+  const std::string gone = "shoal:client_disconnects_total{door=\"rpc\"";
+  const auto deadline = clock_type::now() + std::chrono::seconds(2);
+  while (metric_value(render_metrics(*c.registry()), gone) < 1.0 && clock_type::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  BOOST_CHECK_EQUAL(metric_value(render_metrics(*c.registry()), gone), 1.0);
 }
 
 // A peer that accepts the connection but never answers (not a Shoal gateway, or a stuck one): the

@@ -273,4 +273,44 @@ BOOST_AUTO_TEST_CASE(admin_operations_by_role_and_tenant) {
   BOOST_TEST(p.admit_admin("alpha-admin", "purge_cache", "").tenant == "");
 }
 
+// Special-token strings: text in a completion prompt unless the tenant is trusted with them; a
+// chat's template ranges keep theirs; ranges that are not sorted pairs inside the prompt are refused;
+// a masked chat keeps its ranges on the masked text (and gives up parsing when masking cannot).
+BOOST_AUTO_TEST_CASE(special_tokens_follow_the_tenant_and_the_template) {
+  auto o = options();
+  o.auth.tenants[0].special_tokens = true;  // alpha is trusted; beta (sensitive) is not
+  admission_policy p(o);
+  auto trusted = p.admit(request("alpha-user"));
+  BOOST_TEST(trusted.parse_special);
+  auto plain = p.admit(request("beta-user", "small"));
+  BOOST_TEST(!plain.parse_special);
+  auto asked_not = request("alpha-user");
+  asked_not.parse_special = false;  // the caller wants its text as text (RPC specialsAsText)
+  BOOST_TEST(!p.admit(asked_not).parse_special);
+
+  // A chat: "<s>[INST] " (template) + "hi </s>" (content) + " [/INST]" (template), beta masks.
+  auto chat = request("beta-user", "small");
+  chat.prompt = "<s>[INST] hi </s> [/INST]";
+  chat.special_ranges = {0, 10, 17, 25};
+  auto c = p.admit(chat);
+  BOOST_TEST(!c.refused);
+  BOOST_TEST(c.parse_special);
+  BOOST_TEST(c.special_ranges == chat.special_ranges, boost::test_tools::per_element());
+  // With an email in the content the masked text is shorter; the ranges move with it.
+  chat.prompt = "<s>[INST] mail a@example.com [/INST]";
+  chat.special_ranges = {0, 10, 28, 36};
+  auto m = p.admit(chat);
+  BOOST_TEST(m.prompt_has_pii);
+  BOOST_REQUIRE_EQUAL(m.special_ranges.size(), 4u);
+  const auto& t = m.masked.text;
+  BOOST_TEST(t.substr(0, 10) == "<s>[INST] ");
+  BOOST_TEST(t.substr(static_cast<std::size_t>(m.special_ranges[2])) == " [/INST]");
+
+  for (const std::vector<std::int32_t>& bad : {std::vector<std::int32_t>{0}, {5, 3}, {0, 4, 2, 6}, {0, 99}}) {
+    auto r = request("alpha-user");
+    r.special_ranges = bad;
+    BOOST_TEST((code(p.admit(r)) == errc::invalid_argument));
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
