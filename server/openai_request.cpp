@@ -28,9 +28,11 @@ request_error from_errc(const std::string& errc, const std::string& message) {
     e.status = 403;
     e.type = "permission_error";
   } else if (errc == "not_found") {
+    // Code `not_found`, as the errc: what is missing may be a file of a served model (its
+    // tokenizer), not the model; the door answers an unknown model name itself as
+    // model_not_found.
     e.status = 404;
     e.type = "invalid_request_error";
-    e.code = "model_not_found";
   } else if (errc == "rate_limited") {
     e.status = 429;
     e.type = "rate_limit_error";
