@@ -3,7 +3,9 @@
 // every node within a bounded time, leaving neither a running node nor a zombie.
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -261,6 +263,70 @@ BOOST_AUTO_TEST_CASE(restarts_a_killed_worker_and_stops_everything_on_ctrl_c,
     BOOST_TEST(left.empty(), "node '" << node << "' (pid " << pid << ") is " << left << " after shoal up exited");
   }
   BOOST_TEST(cluster_processes(config).empty(), "processes of the cluster still run after shoal up exited");
+}
+
+// A node that dies at once (its actor port is taken) is given up on at its --max-restarts-th death
+// in a row, as README and --help say: started that many times, then the cluster stops with exit 1.
+BOOST_AUTO_TEST_CASE(gives_up_on_a_node_after_max_restarts_deaths, *boost::unit_test::precondition(needs_shared{kStories})) {
+  shoal::test::temp_dir d;
+  const int taken = free_port();
+  const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(taken));
+  BOOST_REQUIRE(::bind(holder, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(holder, 1) == 0);
+  std::string y = "cluster: doomed\nmodels:\n  - name: m\n    path: " + shared_path(kStories) + "\nnodes:\n";
+  y += "  - name: solo\n    host: 127.0.0.1\n    port: " + std::to_string(taken) + "\n    rpc_port: " +
+       std::to_string(free_port()) + "\n    roles: [router, gateway, worker]\n";
+  y += "replicas:\n  - name: r0\n    tensor_parallel: [solo]\ncache:\n  enabled: false\n";
+  d.write("c.yaml", y);
+  up_process up({"--config", d / "c.yaml", "--data-dir", d / "data", "--max-restarts", "2", "--stable", "60"}, d / "up.log");
+  const bool exited = up.exits_within(std::chrono::seconds(60));
+  ::close(holder);
+  BOOST_REQUIRE_MESSAGE(exited, "shoal up still running 60 s after its node kept dying:\n" << up.log());
+  const auto log = up.log();
+  std::size_t starts = 0;
+  for (std::size_t at = 0; (at = log.find("node 'solo' started", at)) != std::string::npos; ++at) ++starts;
+  BOOST_TEST(starts == 2u, "node 'solo' was started " << starts << " times with --max-restarts 2:\n" << log);
+  BOOST_TEST(log.find("failed 2 times in a row") != std::string::npos, log);
+  BOOST_TEST((WIFEXITED(up.status()) && WEXITSTATUS(up.status()) == 1), "wait status " << up.status());
+}
+
+// `shoal up` killed with SIGKILL cannot stop its nodes itself: each node gets SIGTERM from the
+// kernel when its parent dies, and is gone within seconds.
+BOOST_AUTO_TEST_CASE(nodes_stop_when_up_is_killed, *boost::unit_test::precondition(needs_shared{kStories})) {
+  shoal::test::temp_dir d;
+  std::string y = "cluster: orphans\nmodels:\n  - name: m\n    path: " + shared_path(kStories) + "\nnodes:\n";
+  y += "  - name: front\n    host: 127.0.0.1\n    port: " + std::to_string(free_port()) + "\n    rpc_port: " +
+       std::to_string(free_port()) + "\n    roles: [router, gateway]\n";
+  y += "  - name: wa\n    host: 127.0.0.1\n    port: " + std::to_string(free_port()) + "\n    roles: [worker]\n";
+  y += "replicas:\n  - name: ra\n    tensor_parallel: [wa]\ncache:\n  enabled: false\n";
+  d.write("c.yaml", y);
+  const std::string config = d / "c.yaml";
+  up_process up({"--config", config, "--data-dir", d / "data"}, d / "up.log");
+  BOOST_REQUIRE_MESSAGE(up.wait_for_log("is ready", std::chrono::seconds(150)), "not ready:\n" << up.log());
+  std::map<pid_t, std::string> nodes;
+  for (const auto& [pid, name] : cluster_processes(config)) {
+    if (name != "up") nodes[pid] = name;
+  }
+  BOOST_REQUIRE_EQUAL(nodes.size(), 2u);
+  BOOST_REQUIRE(::kill(up.pid(), SIGKILL) == 0);  // shoal up alone, not its process group
+  BOOST_REQUIRE(up.exits_within(std::chrono::seconds(10)));
+  const auto deadline = clock_type::now() + std::chrono::seconds(15);
+  std::map<pid_t, std::string> left = nodes;
+  while (!left.empty() && clock_type::now() < deadline) {
+    for (auto it = left.begin(); it != left.end();) {
+      // A zombie has stopped: what reaps it (init, a subreaper) is not shoal up's business.
+      const auto state = leftover(it->first, config);
+      it = state != "running" ? left.erase(it) : std::next(it);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (const auto& [pid, node] : left) {
+    BOOST_ERROR("node '" << node << "' (pid " << pid << ") still runs 15 s after shoal up was SIGKILLed");
+    ::kill(pid, SIGKILL);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

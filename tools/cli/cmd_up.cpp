@@ -2,10 +2,11 @@
 // gateway reports ready, print where to connect, and supervise: a node that dies is started again
 // (with backoff) while the others keep serving. It exits on Ctrl-C, or when a node keeps dying
 // right after its start; either way it stops every node it started, within a bounded time, and
-// reaps them all.
+// reaps them all. Should `shoal up` itself be killed outright, the kernel sends each node SIGTERM
+// (PR_SET_PDEATHSIG), so no node outlives it.
 
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,7 +37,8 @@ struct up_args {
   int timeout_s = 120;     // readiness. Default: 120
   bool once = false;       // exit after the cluster is ready (tests, scripts)
   int max_restarts = 5;    // a node that dies this many times in a row, each time within
-                           // stable_s of its start, is given up on. Default: 5
+                           // stable_s of its start, is given up on (restarted max_restarts - 1
+                           // times). Default: 5
   int stable_s = 30;       // a node up this long has started fine: its failure count resets. Default: 30
   int stop_timeout_s = 10; // after SIGTERM, nodes still running this long get SIGKILL. Default: 10
 };
@@ -64,13 +66,23 @@ struct child {
   clock_type::time_point restart_at; // when pid == -1: when to start it again
 };
 
-// Starts `c`'s process; false when it cannot even be spawned.
+// Starts `c`'s process; false when it cannot even be spawned. The node gets SIGTERM when `shoal
+// up` dies, however it dies (posix_spawn cannot ask for that, hence fork and exec). Only
+// async-signal-safe calls run between them. The signal follows the thread that forked, so this
+// runs on the main thread only, which lives as long as `shoal up`.
 bool start(child& c) {
   std::vector<char*> argv;
   for (auto& s : c.args) argv.push_back(s.data());
   argv.push_back(nullptr);
-  pid_t pid = -1;
-  if (::posix_spawn(&pid, c.args[0].c_str(), nullptr, nullptr, argv.data(), environ) != 0) return false;
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) ::_exit(127);
+    if (::getppid() != parent) ::_exit(127);  // `shoal up` died before the line above: no signal would come
+    ::execve(argv[0], argv.data(), environ);
+    ::_exit(127);
+  }
   c.pid = pid;
   c.started = clock_type::now();
   std::cerr << "shoal up: node '" << c.node << "' started (pid " << pid << ")\n";
@@ -122,10 +134,13 @@ std::string supervise(std::vector<child>& kids, const up_args& a) {
     int status = 0;
     if (::waitpid(c.pid, &status, WNOHANG) != c.pid) continue;
     c.pid = -1;
+    // Ctrl-C in a terminal reaches the nodes too, and they may die before `shoal up` notices:
+    // that is the stop, not a failure to restart.
+    if (g_stop) continue;
     const auto lived = now - c.started;
     if (lived >= std::chrono::seconds(a.stable_s)) c.failures = 0;
     ++c.failures;
-    if (c.failures > a.max_restarts) {
+    if (c.failures >= a.max_restarts) {
       return "node '" + c.node + "' " + how_it_ended(status) + ": it failed " + std::to_string(c.failures) +
              " times in a row, each within " + std::to_string(a.stable_s) + " s of its start";
     }
@@ -135,15 +150,15 @@ std::string supervise(std::vector<child>& kids, const up_args& a) {
                                                         std::chrono::seconds(30));
     c.restart_at = now + backoff;
     std::cerr << "shoal up: node '" << c.node << "' " << how_it_ended(status) << " after " << seconds_text(lived)
-              << "; restarting it in " << seconds_text(backoff) << " (restart " << c.failures << " of at most "
-              << a.max_restarts << " in a row)\n";
+              << "; restarting it in " << seconds_text(backoff) << " (" << c.failures << " of " << a.max_restarts
+              << " quick deaths in a row before the cluster stops)\n";
   }
   if (g_stop) return {};  // Ctrl-C: nothing starts again
   for (auto& c : kids) {
     if (c.pid > 0 || now < c.restart_at) continue;
     if (!start(c)) {
       c.restart_at = now + std::chrono::seconds(1);
-      if (++c.failures > a.max_restarts) return "node '" + c.node + "' cannot be started";
+      if (++c.failures >= a.max_restarts) return "node '" + c.node + "' cannot be started";
     }
   }
   return {};
@@ -258,7 +273,8 @@ runner_fn add_up(CLI::App& app) {
   app.add_option("--timeout", a->timeout_s, "Seconds to wait for readiness (default 120)");
   app.add_option("--max-restarts", a->max_restarts,
                  "Give up (and stop the cluster) when a node dies this many times in a row, each within "
-                 "--stable seconds of its start (default 5)");
+                 "--stable seconds of its start, i.e. restart it at most N-1 times (default 5)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--stable", a->stable_s, "Seconds a node must run to count as started (default 30)");
   app.add_option("--stop-timeout", a->stop_timeout_s,
                  "Seconds nodes get to stop after SIGTERM before SIGKILL (default 10)");
