@@ -72,7 +72,7 @@ admin_operation_actor::behavior_type admin_operation(admin_operation_actor::poin
           const std::string target = req.principal;
           auto r = ctx.record;
           r["when"]["end"] = governance::utc_now_iso();
-          r["target"] = target;
+          r["target"] = ctx.target;
           r["outcome"] = json{{"status", "ok"}};
           self->request(ctx.auditor, std::chrono::seconds(30), unblock_atom::value, target, record_text(r))
               .then(

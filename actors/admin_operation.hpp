@@ -20,6 +20,7 @@ using admin_operation_actor = caf::typed_actor<caf::replies_to<admin_atom, admin
 struct admin_context {
   nlohmann::json record;  // this operation's audit record, without its end and outcome
   nlohmann::json filter;  // the audit query (query, export)
+  std::string target;     // unblock: the principal, masked for the record
   auditor_actor auditor;  // null: the cluster keeps no audit log
   cache_actor cache;      // null: no answer cache
 };

@@ -137,33 +137,51 @@ replica_entry* pick(router_state& st, const std::string& model, const std::strin
   return best;
 }
 
-// The audit record's common part for a request or operation.
+// How much of a client-written name or id, and of a message, an audit record keeps: enough to
+// read it, not a place to store text.
+constexpr std::size_t field_bytes = 256;
+constexpr std::size_t message_bytes = 1024;
+
+// Client-written text as an audit record keeps it: masked with the policy's masker, then capped.
+// base_record and audit_async pass every client-derived field through here.
+std::string client_text(const router_state& st, std::string_view text, std::size_t max_bytes = field_bytes) {
+  return governance::mask_capped(*st.policy->pii_masker(), text, max_bytes);
+}
+
+// The audit record's common part for a request or operation. `op`, `request_id` and `model` may
+// be anything a client wrote.
 json base_record(const router_state& st, const std::string& kind, const std::string& op, const principal* who,
                  const std::string& request_id, const std::string& model, const std::string& client,
                  const std::string& method) {
   json rec;
   rec["kind"] = kind;
-  rec["request_id"] = request_id;
+  rec["request_id"] = client_text(st, request_id);
   if (who) {
     rec["who"] = json{{"tenant", who->tenant}, {"principal", who->id}, {"role", who->role}, {"domain", to_string(who->domain)}};
   } else {
     rec["who"] = json{{"tenant", ""}, {"principal", ""}, {"role", ""}, {"domain", ""}};
   }
-  rec["what"] = json{{"operation", op}, {"model", model}};
+  rec["what"] = json{{"operation", client_text(st, op)}, {"model", client_text(st, model)}};
   if (auto it = st.model_versions.find(model); it != st.model_versions.end()) rec["what"]["weights"] = it->second;
   rec["when"] = json{{"start", utc_now_iso()}};
-  rec["where"] = json{{"node", st.opts.node_name}, {"client", client}};
-  rec["how"] = json{{"api_method", method}};
+  // The peer address is the door's observation, kept as seen (README: where = the client's
+  // address); the method is the door's own name for the endpoint.
+  rec["where"] = json{{"node", st.opts.node_name}, {"client", client.substr(0, field_bytes)}};
+  rec["how"] = json{{"api_method", method.substr(0, field_bytes)}};
   return rec;
 }
 
-// Writes a record without waiting (refusals: the caller's answer must not wait on the disk).
+// Writes a record without waiting (refusals: the caller's answer must not wait on the disk). The
+// message may quote the client (a model name, a request id, a tokenizer's complaint about the
+// prompt): it is masked and capped like the fields.
 void audit_async(self_ptr self, json rec, const std::string& status, const std::string& code,
                  const std::string& message) {
   auto& st = self->state;
   if (!st.opts.auditor) return;
   rec["when"]["end"] = rec["when"]["start"];
-  rec["outcome"] = json{{"status", status}, {"error_code", code}, {"message", message}};
+  rec["outcome"] = json{{"status", status},
+                        {"error_code", client_text(st, code)},
+                        {"message", client_text(st, message, message_bytes)}};
   self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, record_text(rec))
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
@@ -423,7 +441,13 @@ caf::result<admin_result> admin(self_ptr self, admin_request req) {
   auto rec = base_record(st, "admin", req.op, d.who ? &*d.who : nullptr, "", "", req.client_address, req.api_method);
   json filter{{"tenant", req.tenant}, {"principal", req.principal}, {"operation", req.operation},
               {"since", req.since}, {"until", req.until}, {"limit", req.limit}};
-  rec["how"]["filter"] = filter;
+  // The record keeps the filter as written, masked; the query gets it as it is.
+  rec["how"]["filter"] = json{{"tenant", client_text(st, req.tenant)},
+                              {"principal", client_text(st, req.principal)},
+                              {"operation", client_text(st, req.operation)},
+                              {"since", client_text(st, req.since)},
+                              {"until", client_text(st, req.until)},
+                              {"limit", req.limit}};
   if (d.block) persist_block(self, *d.block);
   if (d.refused) {
     audit_refusal(self, rec, d);
@@ -439,6 +463,7 @@ caf::result<admin_result> admin(self_ptr self, admin_request req) {
   admin_context ctx;
   ctx.record = std::move(rec);
   ctx.filter = std::move(filter);
+  ctx.target = client_text(st, req.principal);
   ctx.auditor = st.opts.auditor;
   ctx.cache = st.opts.cache;
   auto op = spawn_admin_operation(self->system(), std::move(ctx));
@@ -519,15 +544,15 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
       },
       [=](refused_atom, door_refusal d) {
         // A request a door refused itself: one record, like those the router refuses. What the
-        // client wrote (a model name, text quoted in a message) is masked first.
+        // client wrote (a model name, text quoted in a message) is masked by base_record and
+        // audit_async, as for every record.
         auto& st = self->state;
         auto who = st.policy->identify(d.caller.api_key);
         d.caller.api_key.clear();
-        const auto& m = *st.policy->pii_masker();
-        auto rec = base_record(st, "request", d.caller.operation, who ? &*who : nullptr, "", m.mask(d.model).text,
+        auto rec = base_record(st, "request", d.caller.operation, who ? &*who : nullptr, "", d.model,
                                d.caller.client_address, d.caller.api_method);
         rec["how"]["refused_by"] = "door";
-        audit_async(self, rec, "error", d.error_code, m.mask(d.error_message).text);
+        audit_async(self, rec, "error", d.error_code, d.error_message);
       },
       [=](ready_atom, const std::string& name, const batcher_actor& b) {
         for (auto& r : self->state.replicas) {

@@ -349,6 +349,56 @@ BOOST_AUTO_TEST_CASE(planted_personal_data_is_never_stored_in_clear,
   shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
 }
 
+// Not only prompts: whatever a client writes that an audit record quotes (a request id, a model
+// name, a request kind, an admin filter, and the refusals that repeat them) is masked before it is
+// stored.
+BOOST_AUTO_TEST_CASE(client_text_in_audit_records_is_masked, *boost::unit_test::precondition(needs_shared{kStories})) {
+  governed_cluster g;
+  const auto& v = shoal::test::planted_pii();  // an email, a mobile number, an ID, a card
+  auto alpha = g.client(kAlpha);
+  auto served = greedy("Once upon a time", 4);
+  served.no_cache = true;
+  served.request_id = "id " + v[0];
+  BOOST_CHECK_EQUAL(run(alpha, served).ids.size(), 4u);
+  auto model = greedy("Once upon a time", 4);
+  model.model = "model " + v[1];
+  expect_refused([&] { run(alpha, model); }, shoal::errc::not_found, "a model name with a phone number");
+  auto kind = greedy("Once upon a time", 4);
+  kind.kind = "kind " + v[2];
+  expect_refused([&] { run(alpha, kind); }, shoal::errc::invalid_argument, "a kind with an ID number");
+  auto admin = g.client(kAdmin);
+  shoal::client::admin_params q;
+  q.op = "query";
+  q.principal = "principal " + v[3];
+  q.operation = "operation " + v[0];
+  q.tenant = "tenant " + v[1];
+  admin.admin(q);
+  shoal::client::admin_params u;
+  u.op = "unblock";
+  u.principal = "who " + v[3];
+  expect_refused([&] { admin.admin(u); }, shoal::errc::not_found, "unblocking a principal that is not blocked");
+  g.cluster->stop_node("n0");
+  const std::string db = g.cluster->data_dir("n0") + "/audit";
+  flush_and_compact(db);
+  std::string stored = rocksdb_contents(db);
+  for (const auto& f : std::filesystem::recursive_directory_iterator(db)) {
+    if (f.is_regular_file()) stored += read_file(f.path());
+  }
+  // The search finds what is there: the masked forms of the fields.
+  for (const char* masked : {"id [EMAIL]", "model [PHONE]", "kind [ID]", "principal [CARD]", "who [CARD]"}) {
+    BOOST_CHECK_MESSAGE(stored.find(masked) != std::string::npos, "'" << masked << "' is not in the audit store");
+  }
+  for (const auto& value : v) {
+    const auto at = stored.find(value);
+    BOOST_CHECK_MESSAGE(at == std::string::npos, "planted value " << value << " is in the audit store in clear: ..."
+                                                                   << (at == std::string::npos ? "" : stored.substr(at > 80 ? at - 80 : 0, 160))
+                                                                   << "...");
+  }
+  auto log = shoal::governance::audit_log::open(db, true);
+  BOOST_CHECK(log->verify().ok);
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
+}
+
 BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
                      *boost::unit_test::precondition(needs_shared{kStories})) {
   governed_cluster g;

@@ -1,0 +1,344 @@
+// The router alone, in this process, against stand-ins for its peers (a replica's batcher, the
+// audit store, the answer cache) that answer as a test tells them and note what they were sent:
+// what its audit records keep of what a client wrote.
+
+#include <boost/test/unit_test.hpp>
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "actors/errors.hpp"
+#include "actors/messages.hpp"
+#include "actors/router.hpp"
+#include "governance/auth.hpp"
+
+namespace {
+
+using namespace shoal::actors;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+using shoal::errc;
+
+const char* const kAlpha = "sk-alpha-0123456789";
+const char* const kBeta = "sk-beta-0123456789";
+const char* const kRoot = "sk-root-0123456789";
+
+// What the stand-ins were sent, in arrival order, readable from the test thread.
+class journal {
+ public:
+  void add(std::string e) {
+    std::lock_guard lock(m_);
+    events_.push_back(std::move(e));
+    cv_.notify_all();
+  }
+  std::vector<std::string> events() const {
+    std::lock_guard lock(m_);
+    return events_;
+  }
+  /// The position of event `e`, waiting up to `limit` for it; -1 when it never came.
+  int wait_for(const std::string& e, std::chrono::milliseconds limit) {
+    std::unique_lock lock(m_);
+    auto at = [&] { return std::find(events_.begin(), events_.end(), e); };
+    if (!cv_.wait_for(lock, limit, [&] { return at() != events_.end(); })) return -1;
+    return static_cast<int>(at() - events_.begin());
+  }
+  /// The audit records written so far.
+  std::vector<json> records() const {
+    std::vector<json> out;
+    for (const auto& e : events()) {
+      if (e.rfind("audit ", 0) == 0) out.push_back(json::parse(e.substr(6)));
+    }
+    return out;
+  }
+
+ private:
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<std::string> events_;
+};
+
+// A replica's batcher: accepts every request (after `accept_after`, when set), keeps it running
+// until it is cancelled or the test sends finished_atom, and notes "generate ID" and "cancel ID".
+struct batcher_stub_state {
+  batcher_stub_state() = default;
+  std::map<std::string, sink_actor> running;
+  std::vector<std::pair<caf::typed_response_promise<submit_result>, submit_result>> held;
+};
+
+caf::behavior batcher_stub(caf::stateful_actor<batcher_stub_state>* self, std::shared_ptr<journal> j,
+                           caf::timespan accept_after) {
+  return {
+      [=](generate_atom, generate_request& req) -> caf::result<submit_result> {
+        j->add("generate " + req.id);
+        submit_result res;
+        res.accepted = true;
+        res.id = req.id;
+        res.replica = "r0";
+        self->state.running[req.id] = req.sink;
+        if (accept_after == caf::timespan{0}) return res;
+        auto rp = self->make_response_promise<submit_result>();
+        self->state.held.emplace_back(rp, res);
+        self->delayed_send(self, accept_after, open_atom::value);
+        return rp;
+      },
+      [=](open_atom) {
+        for (auto& [rp, res] : self->state.held) rp.deliver(res);
+        self->state.held.clear();
+      },
+      [=](cancel_atom, const std::string& id) {
+        j->add("cancel " + id);
+        auto it = self->state.running.find(id);
+        if (it == self->state.running.end()) return;
+        generation_summary s;
+        s.id = id;
+        s.finish_reason = "cancelled";
+        s.replica = "r0";
+        self->send(it->second, s);
+        self->state.running.erase(it);
+      },
+      [=](finished_atom) {  // the test: every running request ends with one token
+        for (auto& [id, sink] : self->state.running) {
+          token_chunk c;
+          c.id = id;
+          c.ids = {7};
+          c.text = "x";
+          self->send(sink, c);
+          generation_summary s;
+          s.id = id;
+          s.finish_reason = "length";
+          s.completion_tokens = 1;
+          s.replica = "r0";
+          self->send(sink, s);
+        }
+        self->state.running.clear();
+      },
+  };
+}
+
+// The audit store: notes every record ("audit JSON") and lifted block ("unblock P"); a query fails
+// the way a bad `since` does, and an unblock fails when `fail_unblock` says so.
+caf::behavior auditor_stub(caf::event_based_actor*, std::shared_ptr<journal> j, bool fail_unblock) {
+  auto seq = std::make_shared<std::uint64_t>(0);
+  return {
+      [=](audit_atom, const std::string& rec) -> std::uint64_t {
+        j->add("audit " + rec);
+        return ++*seq;
+      },
+      [=](query_atom, const std::string&) -> caf::result<std::vector<std::string>> {
+        return make_error(errc::invalid_argument, "audit store: 'since' is not a date");
+      },
+      [=](block_atom, const std::string&, const std::string&, const std::string& rec) -> std::uint64_t {
+        j->add("audit " + rec);
+        return ++*seq;
+      },
+      [=](unblock_atom, const std::string& who, const std::string& rec) -> caf::result<std::uint64_t> {
+        if (fail_unblock) return make_error(errc::unavailable, "audit store: the disk is full");
+        j->add("unblock " + who);
+        j->add("audit " + rec);
+        return ++*seq;
+      },
+      [=](blocks_atom) -> std::vector<std::string> { return {}; },
+  };
+}
+
+// The answer cache: every lookup is a miss, answered after `delay`.
+struct cache_stub_state {
+  cache_stub_state() = default;
+  std::vector<caf::typed_response_promise<std::string>> held;
+};
+
+caf::behavior cache_stub(caf::stateful_actor<cache_stub_state>* self, caf::timespan delay) {
+  return {
+      [=](lookup_atom, const std::string&, const std::string&, const std::string&) -> caf::result<std::string> {
+        auto rp = self->make_response_promise<std::string>();
+        self->state.held.push_back(rp);
+        self->delayed_send(self, delay, open_atom::value);
+        return rp;
+      },
+      [=](open_atom) {
+        for (auto& rp : self->state.held) rp.deliver(std::string());
+        self->state.held.clear();
+      },
+      [=](store_atom, const std::string&, const std::string&, const std::string&, bool, const std::string&) {},
+      [=](purge_atom, const std::string&) -> std::int64_t { return 0; },
+  };
+}
+
+struct stubs {
+  caf::timespan accept_after{0};  // the batcher's answer to a generate
+  caf::timespan lookup_after{0};  // the cache's answer to a lookup; 0: no cache
+  bool fail_unblock = false;
+  std::map<std::string, std::string> blocked = {};  // principal -> why, as persisted
+};
+
+std::string key_hash(const char* key) { return shoal::governance::sha256_hex(key); }
+
+// A router with one replica "r0" of model "m" (a batcher stub), the audit store stub and, when
+// asked, a cache stub. Tenants alpha and beta (user keys) and ops (an admin key); a submit times
+// out after 1 s.
+class fixture {
+ public:
+  explicit fixture(const stubs& s) {
+    register_message_types(cfg_);
+    sys_ = std::make_unique<caf::actor_system>(cfg_);
+    cluster_config c;
+    c.name = "test";
+    c.models.push_back(model_spec{"m", "/nonexistent/model"});
+    replica_spec r;
+    r.name = "r0";
+    r.model = "m";
+    r.tensor_parallel = {"n0"};
+    c.replicas.push_back(r);
+    c.router.submit_timeout_s = 1;
+    c.auth.required = true;
+    for (auto [tenant, id, key, role] : {std::tuple{"alpha", "a1", kAlpha, "user"}, std::tuple{"beta", "b1", kBeta, "user"},
+                                         std::tuple{"ops", "root", kRoot, "admin"}}) {
+      shoal::governance::tenant_spec t;
+      t.name = tenant;
+      t.keys.push_back({id, role, key_hash(key)});
+      c.auth.tenants.push_back(t);
+    }
+    batcher_ = sys_->spawn(batcher_stub, seen, s.accept_after);
+    auditor_ = sys_->spawn(auditor_stub, seen, s.fail_unblock);
+    router_options ro;
+    ro.config = c;
+    ro.node_name = "n0";
+    ro.auditor = caf::actor_cast<auditor_actor>(auditor_);
+    if (s.lookup_after != caf::timespan{0}) {
+      cache_ = sys_->spawn(cache_stub, s.lookup_after);
+      ro.cache = caf::actor_cast<cache_actor>(cache_);
+    }
+    ro.blocked = s.blocked;
+    router_ = spawn_router(*sys_, std::move(ro));
+    caf::scoped_actor self{*sys_};
+    self->send(router_, ready_atom::value, std::string("r0"), caf::actor_cast<batcher_actor>(batcher_));
+    replica_stats st;
+    st.name = "r0";
+    st.model = "m";
+    st.kind = "generate";
+    st.healthy = true;
+    st.max_waiting = 100;
+    self->send(router_, stats_atom::value, st);
+    // Answered after the two above: the router knows its replica from here on.
+    self->request(router_, std::chrono::seconds(5), status_atom::value)
+        .receive([](cluster_status&) {}, [&](caf::error& e) { BOOST_FAIL("router status: " << sys_->render(e)); });
+  }
+
+  ~fixture() {
+    for (auto& a : {batcher_, auditor_, cache_}) {
+      if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    }
+    caf::anon_send_exit(router_, caf::exit_reason::user_shutdown);
+  }
+
+  caf::actor_system& system() { return *sys_; }
+  router_actor router() const { return router_; }
+  caf::actor batcher() const { return batcher_; }
+
+  /// A request of `key` with id `id`, streaming to `client`, not yet sent.
+  generate_request request(caf::scoped_actor& client, const char* key, const std::string& id) {
+    generate_request req;
+    req.id = id;
+    req.model = "m";
+    req.prompt = "Once upon a time";
+    req.max_tokens = 4;
+    req.sampling.temperature = 0;  // deterministic: looked up in the cache when there is one
+    req.api_key = key;
+    req.client_address = "127.0.0.1:1";
+    req.api_method = "test";
+    req.sink = caf::actor_cast<sink_actor>(client);
+    return req;
+  }
+
+  submit_result submit(caf::scoped_actor& client, const char* key, const std::string& id) {
+    submit_result out;
+    client->request(router_, std::chrono::seconds(10), generate_atom::value, request(client, key, id))
+        .receive([&](submit_result& r) { out = std::move(r); },
+                 [&](caf::error& e) { BOOST_FAIL("generate: " << sys_->render(e)); });
+    return out;
+  }
+
+  admin_result admin(caf::scoped_actor& client, admin_request req) {
+    admin_result out;
+    client->request(router_, std::chrono::seconds(10), admin_atom::value, std::move(req))
+        .receive([&](admin_result& r) { out = std::move(r); },
+                 [&](caf::error& e) { BOOST_FAIL("admin: " << sys_->render(e)); });
+    return out;
+  }
+
+  std::shared_ptr<journal> seen = std::make_shared<journal>();
+
+ private:
+  caf::actor_system_config cfg_;
+  std::unique_ptr<caf::actor_system> sys_;
+  caf::actor batcher_, auditor_, cache_;
+  router_actor router_;
+};
+
+std::string describe(const submit_result& r) {
+  return r.accepted ? std::string("accepted") : "refused " + r.error_code + " (" + r.error_message + ")";
+}
+
+// The audit records that `pred` picks, once there are `n` of them or 2 s passed (the router writes
+// a refusal's record without waiting for it).
+template <class Pred>
+std::vector<json> records_where(const journal& j, Pred pred, std::size_t n) {
+  std::vector<json> out;
+  for (int i = 0; i < 100; ++i) {
+    out.clear();
+    for (auto& r : j.records()) {
+      if (pred(r)) out.push_back(r);
+    }
+    if (out.size() >= n) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(router)
+
+// What a client wrote reaches an audit record masked and cut to a readable length, also where a
+// refusal quotes it; a cut never splits a UTF-8 character.
+BOOST_AUTO_TEST_CASE(client_text_is_masked_and_capped_in_audit_records) {
+  fixture f(stubs{});
+  caf::scoped_actor alpha{f.system()};
+  std::string long_tail;
+  for (int i = 0; i < 3000; ++i) long_tail += "\xc3\xa9";  // é: a cut in the middle would split one
+  auto req = f.request(alpha, kAlpha, "id 13912345678 " + long_tail);
+  req.model = "model alice.planted@example.com " + long_tail;
+  submit_result r;
+  alpha->request(f.router(), std::chrono::seconds(10), generate_atom::value, req)
+      .receive([&](submit_result& res) { r = std::move(res); },
+               [&](caf::error& e) { BOOST_FAIL("generate: " << f.system().render(e)); });
+  BOOST_TEST(r.error_code == "not_found", describe(r));
+  const auto recs = records_where(*f.seen, [](const json& rec) { return rec.value("kind", "") == "request"; }, 1);
+  BOOST_REQUIRE_EQUAL(recs.size(), 1u);
+  const std::string id = recs[0].value("request_id", ""), model = recs[0]["what"].value("model", "");
+  const std::string message = recs[0]["outcome"].value("message", "");
+  BOOST_TEST_MESSAGE("request_id " << id.size() << " bytes, model " << model.size() << " bytes, message "
+                                   << message.size() << " bytes");
+  const std::vector<std::pair<std::string, std::string>> fields = {
+      {"request_id", id}, {"what.model", model}, {"outcome.message", message}};
+  for (const auto& [name, text] : fields) {
+    BOOST_TEST(text.find("13912345678") == std::string::npos, name << " keeps the phone number");
+    BOOST_TEST(text.find("alice.planted@example.com") == std::string::npos, name << " keeps the email");
+    BOOST_TEST(text.size() <= 1024u, name << " is " << text.size() << " bytes");
+    BOOST_TEST(text.find("\xef\xbf\xbd") == std::string::npos, name << " was cut inside a character");
+  }
+  BOOST_TEST(id.rfind("id [PHONE] ", 0) == 0u, id.substr(0, 40));
+  BOOST_TEST(model.rfind("model [EMAIL] ", 0) == 0u, model.substr(0, 40));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
