@@ -30,7 +30,7 @@ caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor clien
                       batcher_actor batcher, std::shared_ptr<request_context> ctx, std::string id) {
   if (batcher) self->monitor(batcher);
   auto finish = [=](generation_summary s) {
-    self->send(router, finished_atom::value, ctx->tenant, ctx->who, s.completion_tokens);
+    self->send(router, finished_atom::value, id, ctx->tenant, ctx->who, s.completion_tokens);
     self->send(client, s);
     self->quit();
   };

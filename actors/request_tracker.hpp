@@ -18,8 +18,10 @@
 
 namespace shoal::actors {
 
-/// Learns that a tracked request ended: its tenant, principal ("tenant/key id") and completion tokens.
-using finish_listener = caf::typed_actor<caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>>;
+/// Learns that a tracked request ended: its id, tenant, principal ("tenant/key id") and completion
+/// tokens.
+using finish_listener =
+    caf::typed_actor<caf::reacts_to<finished_atom, std::string, std::string, std::string, std::int32_t>>;
 
 /// Everything a request's tracker needs to finish it: who and what for the audit record, and
 /// where its answer goes in the cache.

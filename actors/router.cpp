@@ -41,6 +41,12 @@ struct replica_entry {
   std::int64_t credit = 0;  // smooth weighted round robin
 };
 
+// A request from its admission until its tracker finishes (or it is refused on the way).
+struct flight {
+  bool routed = false;     // sent to a batcher (or answered from the cache): a cancel goes there
+  bool cancelled = false;  // a cancel came before it was routed: it is refused when it would be
+};
+
 struct router_state {
   router_options opts;
   std::unique_ptr<admission_policy> policy;           // who may do what (governance/admission.hpp)
@@ -50,6 +56,10 @@ struct router_state {
   std::vector<replica_entry> replicas;
   std::map<std::string, std::unique_ptr<tokenizer>> tokenizers;  // by model name, loaded lazily
   std::uint64_t next_id = 0;
+  // Requests in flight by id. A cancel is by id and reaches every batcher, and clients choose
+  // their ids: an id stays unique while its request runs, or one caller could cancel another's.
+  // Only the router's handlers touch it.
+  std::map<std::string, flight> flights;
   static inline const char* name = "router";
 };
 
@@ -262,13 +272,37 @@ void init(self_ptr self) {
   }
 }
 
+// The request left the router's hands without a tracker to finish it: its id is free again.
+void land(self_ptr self, const std::string& id) { self->state.flights.erase(id); }
+
+// Whether a cancel came for the request while it was being admitted or looked up in the cache
+// (then it is refused here, audited as cancelled); otherwise it is routed from now on, and a
+// cancel for it goes to the batchers.
+bool cancelled_before_routing(self_ptr self, const std::string& id, const request_context& ctx,
+                              caf::typed_response_promise<submit_result>& rp) {
+  auto& st = self->state;
+  auto it = st.flights.find(id);
+  if (it == st.flights.end() || !it->second.cancelled) {
+    if (it != st.flights.end()) it->second.routed = true;
+    return false;
+  }
+  st.flights.erase(it);
+  st.policy->release(ctx.tenant);
+  const refusal why{errc::cancelled, "the request was cancelled before it reached a replica"};
+  audit_async(self, ctx.record, "cancelled", to_string(why.code), why.message);
+  rp.deliver(refuse(id, why));
+  return true;
+}
+
 // Routes an admitted request to a replica (or refuses it); the tracker finishes it.
 void route(self_ptr self, generate_request req, std::shared_ptr<request_context> ctx,
            caf::typed_response_promise<submit_result> rp) {
   auto& st = self->state;
+  if (cancelled_before_routing(self, req.id, *ctx, rp)) return;
   refusal why;
   auto* r = pick(st, req.model, req.kind, why);
   if (!r) {
+    land(self, req.id);
     st.policy->release(ctx->tenant);
     audit_async(self, ctx->record, "error", to_string(why.code), why.message);
     rp.deliver(refuse(req.id, why));
@@ -288,11 +322,14 @@ void route(self_ptr self, generate_request req, std::shared_ptr<request_context>
   auto t = spawn_request_tracker(self->system(), req.sink, finish_listener{self}, r->batcher, ctx, req.id);
   req.sink = caf::actor_cast<sink_actor>(t);
   const std::string tenant = ctx->tenant;
-  self->request(r->batcher, std::chrono::seconds(st.opts.config.router.submit_timeout_s), generate_atom::value,
+  const std::string id = req.id;
+  const batcher_actor batcher = r->batcher;
+  self->request(batcher, std::chrono::seconds(st.opts.config.router.submit_timeout_s), generate_atom::value,
                 std::move(req))
       .then(
           [=](const submit_result& res) mutable {
             if (!res.accepted) {
+              land(self, id);
               uncount();
               self->state.policy->release(tenant);
               caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
@@ -302,6 +339,11 @@ void route(self_ptr self, generate_request req, std::shared_ptr<request_context>
             if (res.accepted) caf::anon_send(t, open_atom::value);
           },
           [=](caf::error& e) mutable {
+            // The batcher may still take the request after this (it was only slow): tell it to
+            // drop it, or it runs for nobody, holding KV blocks, and is counted nowhere. The
+            // cancel follows the generate from this same sender, so it arrives after it.
+            self->send(batcher, cancel_atom::value, id);
+            land(self, id);
             uncount();
             self->state.policy->release(tenant);
             caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
@@ -326,6 +368,7 @@ void route_through_cache(self_ptr self, generate_request req, std::shared_ptr<re
               route(self, std::move(req), ctx, rp);
               return;
             }
+            if (cancelled_before_routing(self, req.id, *ctx, rp)) return;
             // A hit streams back through the same sink protocol, marked as cached.
             auto t = spawn_request_tracker(self->system(), req.sink, finish_listener{self}, batcher_actor{}, ctx, req.id);
             submit_result res;
@@ -355,7 +398,12 @@ void route_through_cache(self_ptr self, generate_request req, std::shared_ptr<re
 
 caf::result<submit_result> generate(self_ptr self, generate_request req) {
   auto& st = self->state;
-  if (req.id.empty()) req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
+  if (req.id.empty()) {
+    // An id of the router's own never collides with one a client chose for a request in flight.
+    do {
+      req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
+    } while (st.flights.count(req.id));
+  }
   if (req.model.empty() && !st.opts.config.models.empty()) req.model = default_model(st);
   governance::admission_request ar;
   ar.api_key = std::move(req.api_key);
@@ -383,6 +431,13 @@ caf::result<submit_result> generate(self_ptr self, generate_request req) {
     audit_refusal(self, rec, a);
     return refuse(req.id, *a.refused);
   }
+  if (st.flights.count(req.id)) {
+    st.policy->release(a.who->tenant);
+    const refusal why{errc::invalid_argument, "request id '" + req.id + "' is already in flight"};
+    audit_async(self, rec, "error", to_string(why.code), why.message);
+    return refuse(req.id, why);
+  }
+  st.flights.emplace(req.id, flight{});
   const auto& who = *a.who;
   req.tenant = who.tenant;
   req.principal = who.id;
@@ -485,6 +540,13 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
   return {
       [=](generate_atom, generate_request req) -> caf::result<submit_result> { return generate(self, std::move(req)); },
       [=](cancel_atom, const std::string& id) {
+        // Not at a batcher yet (admitting, in the cache lookup): it is refused when it would be
+        // routed.
+        auto& flights = self->state.flights;
+        if (auto it = flights.find(id); it != flights.end() && !it->second.routed) {
+          it->second.cancelled = true;
+          return;
+        }
         // Requests are few per replica; every batcher ignores ids it does not hold.
         for (auto& r : self->state.replicas) {
           if (r.batcher) self->send(r.batcher, cancel_atom::value, id);
@@ -518,7 +580,9 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           if (r.spec.name == s.name) r.stats = s;
         }
       },
-      [=](finished_atom, const std::string& tenant, const std::string& who, std::int32_t tokens) {
+      [=](finished_atom, const std::string& id, const std::string& tenant, const std::string& who,
+          std::int32_t tokens) {
+        self->state.flights.erase(id);
         if (auto b = self->state.policy->finished(tenant, who, tokens)) persist_block(self, *b);
       },
       [=](admin_atom, admin_request req) -> caf::result<admin_result> { return admin(self, std::move(req)); },

@@ -41,8 +41,8 @@ using router_actor = caf::typed_actor<
     caf::replies_to<tokenize_atom, tokenize_request>::with<std::vector<std::int32_t>>,
     caf::reacts_to<stats_atom, replica_stats>,               // from batchers
     caf::reacts_to<ready_atom, std::string, batcher_actor>,   // a replica's batcher exists
-    // a tracked request ended: tenant, principal ("tenant/key id"), completion tokens
-    caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>,
+    // a tracked request ended: id, tenant, principal ("tenant/key id"), completion tokens
+    caf::reacts_to<finished_atom, std::string, std::string, std::string, std::int32_t>,
     caf::replies_to<admin_atom, admin_request>::with<admin_result>,
     // front doors: the caller's key first; the requests they refuse themselves, for the audit
     caf::replies_to<authn_atom, door_caller>::with<auth_result>,

@@ -1,6 +1,8 @@
 // The router alone, in this process, against stand-ins for its peers (a replica's batcher, the
 // audit store, the answer cache) that answer as a test tells them and note what they were sent:
-// what its audit records keep of what a client wrote.
+// what its audit records keep of what a client wrote, what a batcher hears when a submit times
+// out, a cancel that comes before a request reaches a batcher, and a request id that is already
+// in flight.
 
 #include <boost/test/unit_test.hpp>
 #include <caf/all.hpp>
@@ -285,6 +287,17 @@ class fixture {
   router_actor router_;
 };
 
+// The summary `client` receives (its chunks skipped), or none within `limit`.
+std::optional<generation_summary> summary_of(caf::scoped_actor& client, std::chrono::seconds limit) {
+  std::optional<generation_summary> out;
+  bool timed_out = false;
+  while (!out && !timed_out) {
+    client->receive([](token_chunk&) {}, [&](generation_summary& s) { out = std::move(s); },
+                    caf::after(limit) >> [&] { timed_out = true; });
+  }
+  return out;
+}
+
 std::string describe(const submit_result& r) {
   return r.accepted ? std::string("accepted") : "refused " + r.error_code + " (" + r.error_message + ")";
 }
@@ -308,6 +321,60 @@ std::vector<json> records_where(const journal& j, Pred pred, std::size_t n) {
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(router)
+
+BOOST_AUTO_TEST_CASE(a_submit_that_times_out_is_cancelled_at_its_batcher) {
+  fixture f(stubs{.accept_after = std::chrono::milliseconds(1500)});
+  caf::scoped_actor alpha{f.system()};
+  const auto r = f.submit(alpha, kAlpha, "slow-1");
+  BOOST_TEST(r.error_code == "unavailable", describe(r));
+  // The batcher accepts it late, for nobody: the router must have told it to drop the request,
+  // after the generate (one sender, one receiver: CAF keeps that order).
+  const int generated = f.seen->wait_for("generate slow-1", 1000ms);
+  const int cancelled = f.seen->wait_for("cancel slow-1", 3000ms);
+  BOOST_TEST(generated >= 0);
+  BOOST_TEST(cancelled > generated, "the batcher was never told to cancel the request whose submit timed out");
+}
+
+BOOST_AUTO_TEST_CASE(a_cancel_before_routing_refuses_the_request) {
+  fixture f(stubs{.lookup_after = std::chrono::milliseconds(500)});
+  caf::scoped_actor alpha{f.system()};
+  // The cancel arrives while the router waits for the cache (same sender: after the generate).
+  auto pending = alpha->request(f.router(), std::chrono::seconds(10), generate_atom::value,
+                                f.request(alpha, kAlpha, "early-1"));
+  alpha->send(f.router(), cancel_atom::value, std::string("early-1"));
+  submit_result r;
+  pending.receive([&](submit_result& res) { r = std::move(res); },
+                  [&](caf::error& e) { BOOST_FAIL("generate: " << f.system().render(e)); });
+  BOOST_TEST(r.error_code == "cancelled", describe(r));
+  BOOST_TEST(f.seen->wait_for("generate early-1", 300ms) < 0, "the cancelled request still reached the batcher");
+  // It is audited as cancelled, and a request after it runs normally.
+  const auto recs = records_where(*f.seen, [](const json& rec) { return rec.value("request_id", "") == "early-1"; }, 1);
+  BOOST_REQUIRE_EQUAL(recs.size(), 1u);
+  BOOST_TEST(recs[0]["outcome"].value("status", "") == "cancelled");
+  BOOST_TEST(f.submit(alpha, kAlpha, "early-2").accepted);
+}
+
+BOOST_AUTO_TEST_CASE(an_id_already_in_flight_is_refused) {
+  fixture f(stubs{});
+  caf::scoped_actor alpha{f.system()}, beta{f.system()};
+  const auto first = f.submit(alpha, kAlpha, "shared-1");
+  BOOST_REQUIRE_MESSAGE(first.accepted, describe(first));
+  // Another tenant reuses the id while the first runs: refused, so its cancel (a dropped
+  // connection cancels by id) can never reach alpha's request.
+  const auto second = f.submit(beta, kBeta, "shared-1");
+  BOOST_TEST(second.error_code == "invalid_argument", describe(second));
+  BOOST_TEST(second.error_message.find("already in flight") != std::string::npos, second.error_message);
+  // So is the same principal reusing it.
+  BOOST_TEST(f.submit(alpha, kAlpha, "shared-1").error_code == "invalid_argument");
+  // The first completes.
+  caf::anon_send(f.batcher(), finished_atom::value);
+  const auto s = summary_of(alpha, 5s);
+  BOOST_REQUIRE(s.has_value());
+  BOOST_TEST(s->finish_reason == "length");
+  // Once it has finished, the id is free again.
+  const auto again = f.submit(beta, kBeta, "shared-1");
+  BOOST_TEST(again.accepted, describe(again));
+}
 
 // What a client wrote reaches an audit record masked and cut to a readable length, also where a
 // refusal quotes it; a cut never splits a UTF-8 character.
