@@ -6,6 +6,7 @@
 
 #include "actors/errors.hpp"
 #include "governance/audit_log.hpp"
+#include "telemetry/log.hpp"
 
 namespace shoal::actors {
 
@@ -39,8 +40,32 @@ admin_operation_actor::behavior_type admin_operation(admin_operation_actor::poin
                                                                    read_error(e, "the audit store").message));
                     });
         };
+        // A failed operation is audited too (every admin operation is), with its code and the
+        // message masked (a store's complaint may quote the filter). The answer is the failure
+        // either way: should that record fail as well, the caller still learns why.
+        auto failed = [=](errc code, std::string message) mutable {
+          if (!ctx.auditor) return deliver(admin_refusal(code, std::move(message)));
+          auto r = ctx.record;
+          r["when"]["end"] = governance::utc_now_iso();
+          if (req.op == "unblock") r["target"] = ctx.target;
+          // 1 KiB of message, as the router keeps for refusals.
+          const std::string masked =
+              ctx.masker ? governance::mask_capped(*ctx.masker, message, 1024) : std::string();
+          r["outcome"] = json{{"status", "error"}, {"error_code", to_string(code)}, {"message", masked}};
+          const admin_result res = admin_refusal(code, std::move(message));
+          self->request(ctx.auditor, std::chrono::seconds(30), audit_atom::value, record_text(r))
+              .then([=](std::uint64_t) mutable { deliver(res); },
+                    [=](caf::error& e) mutable {
+                      log::error("admin operation: its audit record could not be written: {}",
+                                 read_error(e, "the audit store").message);
+                      deliver(res);
+                    });
+        };
         auto fail = [=](const std::string& peer) {
-          return [=](caf::error& e) mutable { deliver(admin_refusal(read_error(e, peer).code, read_error(e, peer).message)); };
+          return [=](caf::error& e) mutable {
+            const auto why = read_error(e, peer);
+            failed(why.code, why.message);
+          };
         };
         if (req.op == "purge_cache") {
           if (!ctx.cache) {
@@ -68,7 +93,7 @@ admin_operation_actor::behavior_type admin_operation(admin_operation_actor::poin
           self->request(ctx.auditor, std::chrono::seconds(60), blocks_atom::value)
               .then([=](std::vector<std::string>& lines) mutable { done(std::move(lines), json::object()); },
                     fail("the audit store"));
-        } else {  // unblock: the router has lifted the block; this records it
+        } else {  // unblock: this records it, and the router lifts the block once it is durable
           const std::string target = req.principal;
           auto r = ctx.record;
           r["when"]["end"] = governance::utc_now_iso();

@@ -510,7 +510,7 @@ caf::result<admin_result> admin(self_ptr self, admin_request req) {
   }
   req.tenant = d.tenant;
   filter["tenant"] = d.tenant;
-  if (req.op == "unblock" && st.opts.auditor && !st.policy->unblock(req.principal)) {
+  if (req.op == "unblock" && st.opts.auditor && !st.policy->blocked().count(req.principal)) {
     const refusal why{errc::not_found, "principal '" + req.principal + "' is not blocked"};
     audit_async(self, rec, "error", to_string(why.code), why.message);
     return admin_refusal(why.code, why.message);
@@ -519,10 +519,27 @@ caf::result<admin_result> admin(self_ptr self, admin_request req) {
   ctx.record = std::move(rec);
   ctx.filter = std::move(filter);
   ctx.target = client_text(st, req.principal);
+  ctx.masker = st.policy->pii_masker();
   ctx.auditor = st.opts.auditor;
   ctx.cache = st.opts.cache;
   auto op = spawn_admin_operation(self->system(), std::move(ctx));
-  return self->delegate(op, admin_atom::value, std::move(req));
+  if (req.op != "unblock") return self->delegate(op, admin_atom::value, std::move(req));
+  // The block is lifted here only once the operation says its unblock is durable: a write that
+  // failed leaves the database blocking the principal (and the next start with it), so the
+  // router must go on blocking it too.
+  auto rp = self->make_response_promise<admin_result>();
+  const std::string target = req.principal;
+  self->request(op, std::chrono::seconds(120), admin_atom::value, std::move(req))
+      .then(
+          [=](admin_result& res) mutable {
+            if (res.ok) self->state.policy->unblock(target);
+            rp.deliver(std::move(res));
+          },
+          [=](caf::error& e) mutable {
+            const auto why = read_error(e, "the admin operation");
+            rp.deliver(admin_refusal(why.code, why.message));
+          });
+  return rp;
 }
 
 router_actor::behavior_type router(self_ptr self, router_options opts) {

@@ -1,8 +1,7 @@
 // The router alone, in this process, against stand-ins for its peers (a replica's batcher, the
 // audit store, the answer cache) that answer as a test tells them and note what they were sent:
-// what its audit records keep of what a client wrote, what a batcher hears when a submit times
-// out, a cancel that comes before a request reaches a batcher, and a request id that is already
-// in flight.
+// what a batcher hears when a submit times out, a cancel that comes before a request reaches a
+// batcher, a request id that is already in flight, and administrative operations that fail.
 
 #include <boost/test/unit_test.hpp>
 #include <caf/all.hpp>
@@ -318,6 +317,12 @@ std::vector<json> records_where(const journal& j, Pred pred, std::size_t n) {
   return out;
 }
 
+// The audit records of admin operation `op`.
+std::vector<json> admin_records(const journal& j, const std::string& op, std::size_t n) {
+  return records_where(
+      j, [&](const json& r) { return r.value("kind", "") == "admin" && r["what"].value("operation", "") == op; }, n);
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(router)
@@ -376,6 +381,47 @@ BOOST_AUTO_TEST_CASE(an_id_already_in_flight_is_refused) {
   BOOST_TEST(again.accepted, describe(again));
 }
 
+BOOST_AUTO_TEST_CASE(an_unblock_the_audit_store_did_not_record_leaves_the_block) {
+  fixture f(stubs{.fail_unblock = true, .blocked = {{"alpha/a1", "rule 'test': planted"}}});
+  caf::scoped_actor alpha{f.system()}, root{f.system()};
+  BOOST_TEST(f.submit(alpha, kAlpha, "before").error_code == "forbidden");
+  admin_request u;
+  u.api_key = kRoot;
+  u.op = "unblock";
+  u.principal = "alpha/a1";
+  const auto res = f.admin(root, u);
+  BOOST_TEST(!res.ok);
+  BOOST_TEST(res.error_code == "unavailable", res.error_code << ": " << res.error_message);
+  // The database still holds the block, so the router must too.
+  const auto after = f.submit(alpha, kAlpha, "after");
+  BOOST_TEST(after.error_code == "forbidden", "after a failed unblock: " << describe(after));
+  // The failed operation is audited, with its code.
+  const auto recs = admin_records(*f.seen, "unblock", 1);
+  BOOST_REQUIRE_MESSAGE(recs.size() == 1u, recs.size() << " audit records of the failed unblock");
+  BOOST_TEST(recs[0]["outcome"].value("status", "") == "error");
+  BOOST_TEST(recs[0]["outcome"].value("error_code", "") == "unavailable");
+}
+
+BOOST_AUTO_TEST_CASE(an_unblock_lifts_the_block_once_recorded) {
+  fixture f(stubs{.blocked = {{"alpha/a1", "rule 'test': planted"}}});
+  caf::scoped_actor alpha{f.system()}, root{f.system()};
+  BOOST_TEST(f.submit(alpha, kAlpha, "before").error_code == "forbidden");
+  admin_request u;
+  u.api_key = kRoot;
+  u.op = "unblock";
+  u.principal = "alpha/a1";
+  const auto res = f.admin(root, u);
+  BOOST_TEST(res.ok, res.error_code << ": " << res.error_message);
+  BOOST_TEST(f.seen->wait_for("unblock alpha/a1", 0ms) >= 0);
+  const auto after = f.submit(alpha, kAlpha, "after");
+  BOOST_TEST(after.accepted, describe(after));
+  // Not blocked any more: a second unblock is not_found, and audited as such.
+  BOOST_TEST(f.admin(root, u).error_code == "not_found");
+  const auto recs = admin_records(*f.seen, "unblock", 2);
+  BOOST_REQUIRE_EQUAL(recs.size(), 2u);
+  BOOST_TEST(recs[1]["outcome"].value("error_code", "") == "not_found");
+}
+
 // What a client wrote reaches an audit record masked and cut to a readable length, also where a
 // refusal quotes it; a cut never splits a UTF-8 character.
 BOOST_AUTO_TEST_CASE(client_text_is_masked_and_capped_in_audit_records) {
@@ -406,6 +452,22 @@ BOOST_AUTO_TEST_CASE(client_text_is_masked_and_capped_in_audit_records) {
   }
   BOOST_TEST(id.rfind("id [PHONE] ", 0) == 0u, id.substr(0, 40));
   BOOST_TEST(model.rfind("model [EMAIL] ", 0) == 0u, model.substr(0, 40));
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_admin_operation_is_audited) {
+  fixture f(stubs{});
+  caf::scoped_actor root{f.system()};
+  admin_request q;
+  q.api_key = kRoot;
+  q.op = "query";
+  q.since = "yesterday";
+  const auto res = f.admin(root, q);
+  BOOST_TEST(res.error_code == "invalid_argument", res.error_code << ": " << res.error_message);
+  const auto recs = admin_records(*f.seen, "query", 1);
+  BOOST_REQUIRE_MESSAGE(recs.size() == 1u, recs.size() << " audit records of the failed query");
+  BOOST_TEST(recs[0]["outcome"].value("status", "") == "error");
+  BOOST_TEST(recs[0]["outcome"].value("error_code", "") == "invalid_argument");
+  BOOST_TEST(recs[0]["how"]["filter"].value("since", "") == "yesterday");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

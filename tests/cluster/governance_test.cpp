@@ -373,6 +373,8 @@ BOOST_AUTO_TEST_CASE(client_text_in_audit_records_is_masked, *boost::unit_test::
   q.operation = "operation " + v[0];
   q.tenant = "tenant " + v[1];
   admin.admin(q);
+  q.since = "since " + v[2];  // not a date: the failed query is audited, quoting it
+  expect_refused([&] { admin.admin(q); }, shoal::errc::invalid_argument, "a since that is not a date");
   shoal::client::admin_params u;
   u.op = "unblock";
   u.principal = "who " + v[3];
@@ -385,7 +387,8 @@ BOOST_AUTO_TEST_CASE(client_text_in_audit_records_is_masked, *boost::unit_test::
     if (f.is_regular_file()) stored += read_file(f.path());
   }
   // The search finds what is there: the masked forms of the fields.
-  for (const char* masked : {"id [EMAIL]", "model [PHONE]", "kind [ID]", "principal [CARD]", "who [CARD]"}) {
+  for (const char* masked :
+       {"id [EMAIL]", "model [PHONE]", "kind [ID]", "principal [CARD]", "since [ID]", "who [CARD]"}) {
     BOOST_CHECK_MESSAGE(stored.find(masked) != std::string::npos, "'" << masked << "' is not in the audit store");
   }
   for (const auto& value : v) {
