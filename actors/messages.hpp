@@ -5,8 +5,10 @@
 //
 // The router's mailbox is a supported API for internal services: send it
 //   (generate_atom, generate_request)  -> submit_result, then token_chunk* and one generation_summary
-//                                         arrive at request.sink
-//   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
+//                                         arrive at request.sink; an id already in flight is
+//                                         refused (invalid_argument)
+//   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled" (before it
+//                                         reached a replica: its submit_result is refused, cancelled)
 //   (status_atom)                      -> cluster_status
 //   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
 //   (authn_atom, door_caller)          -> auth_result (a refusal is audited)
@@ -121,7 +123,7 @@ typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
 using sink_actor = caf::typed_actor<caf::reacts_to<token_chunk>, caf::reacts_to<generation_summary>>;
 
 struct generate_request {
-  std::string id;                    // unique; the router assigns one when empty
+  std::string id;                    // unique while in flight; the router assigns one when empty
   std::string model;                 // served model name; "" = the cluster's default
   std::string kind = "generate";     // generate | score | embed: picks the replica pool
   std::string prompt;                // text, used when prompt_ids is empty

@@ -5,6 +5,8 @@
 // weighted round robin among the healthy replicas of the request's kind pool, skipping replicas
 // whose KV-cache use is above the threshold or whose queue is full. When no replica can take the
 // request it answers with an explicit error (overloaded / unavailable), never a silent drop.
+// Cancels are by request id and reach every replica, so an id is unique while its request is in
+// flight: the router refuses a generate whose id it is still tracking.
 //
 // Governance (issue 5): prompts are PII-masked before anything is persisted or logged (and before
 // the model sees them where the domain says so); deterministic requests are answered from the
