@@ -16,6 +16,7 @@
 #include "schemas/shoal.capnp.h"
 #include "server/connection_limit.hpp"
 #include "server/http_gateway.hpp"
+#include "server/openai_request.hpp"
 #include "telemetry/log.hpp"
 
 namespace shoal::server {
@@ -427,6 +428,22 @@ class shoal_impl final : public rpc::Shoal::Server {
   // Renders the chat with the model's template into req.prompt (BOS comes from the template);
   // only the template's own text may hold special tokens.
   std::optional<refusal> render(rpc::ChatRequest::Reader chat, generate_request& req) {
+    // Both JSON fields are checked before they are parsed, as the HTTP door checks its body:
+    // within the prompt's byte limit (rendering a chat costs what its text does), and nested no
+    // deeper than max_json_depth (the renderer copies and dumps the tree recursively, on the event
+    // loop's thread that both doors share).
+    const auto limit = static_cast<std::size_t>(door_.options().max_prompt_bytes);
+    for (const auto& [field, value] : {std::pair{"messagesJson", chat.getMessagesJson()},
+                                       std::pair{"toolsJson", chat.getToolsJson()}}) {
+      if (value.size() > limit) {
+        return refuse(errc::out_of_range, std::string(field) + " is " + std::to_string(value.size()) +
+                                              " bytes; this gateway accepts at most " + std::to_string(limit));
+      }
+      if (json_too_deep(std::string_view(value.begin(), value.size()))) {
+        return refuse(errc::invalid_argument,
+                      std::string(field) + " nests deeper than " + std::to_string(max_json_depth) + " levels");
+      }
+    }
     try {
       nlohmann::ordered_json messages = nlohmann::ordered_json::array();
       nlohmann::ordered_json tools = nullptr;
@@ -434,6 +451,12 @@ class shoal_impl final : public rpc::Shoal::Server {
         messages = nlohmann::ordered_json::parse(str(chat.getMessagesJson()));
         if (!messages.is_array()) return refuse(errc::invalid_argument, "messagesJson must be a JSON array");
       } else {
+        std::size_t bytes = 0;
+        for (auto m : chat.getMessages()) bytes += m.getRole().size() + m.getContent().size();
+        if (bytes > limit) {
+          return refuse(errc::out_of_range, "the messages are " + std::to_string(bytes) +
+                                                " bytes; this gateway accepts at most " + std::to_string(limit));
+        }
         for (auto m : chat.getMessages()) {
           messages.push_back({{"role", str(m.getRole())}, {"content", str(m.getContent())}});
         }
