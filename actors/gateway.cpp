@@ -152,17 +152,17 @@ class gateway_loop final : public server::front_door {
     return kj::evalLater([this] { return drain_inbox(); });
   }
 
-  /// Asks the router from a short-lived helper actor; the answer comes back through the inbox, so
-  /// the event loop never blocks on CAF.
+  /// Asks the router from a short-lived helper actor, waiting `timeout_ms` for its answer; the
+  /// answer comes back through the inbox, so the event loop never blocks on CAF.
   template <class T, class... Ts>
-  kj::Promise<outcome<T>> ask(Ts... xs) {
+  kj::Promise<outcome<T>> ask(std::int32_t timeout_ms, Ts... xs) {
     const auto key = ++next_key_;
     auto paf = kj::newPromiseAndFulfiller<outcome<T>>();
     pending_.emplace(key, kj::heap<pending<T>>(kj::mv(paf.fulfiller)));
     auto box = inbox_;
     auto* loop = this;
     auto router = router_;
-    const caf::timespan timeout = std::chrono::milliseconds(opts_.query_timeout_ms);
+    const caf::timespan timeout = std::chrono::milliseconds(timeout_ms);
     // The helper may start on a CAF worker thread: it captures copies, never `this`'s members.
     // `key` goes as a spawn argument: CAF 0.17 dereferences a null argument tuple when a function
     // actor is spawned without arguments (UBSan stops there).
@@ -197,7 +197,7 @@ class gateway_loop final : public server::front_door {
   // ---- front_door
 
   kj::Promise<outcome<auth_result>> authenticate(door_caller caller) override {
-    return ask<auth_result>(authn_atom::value, std::move(caller));
+    return ask<auth_result>(opts_.query_timeout_ms, authn_atom::value, std::move(caller));
   }
 
   void refused(door_refusal refusal) override { caf::anon_send(router_, refused_atom::value, std::move(refusal)); }
@@ -212,7 +212,7 @@ class gateway_loop final : public server::front_door {
     g->submitted = kj::mv(submitted.fulfiller);
     generations_.emplace(key, kj::mv(g));
     sys_.spawn(bridge, inbox_, this, key, router_, std::move(req),
-               caf::timespan{std::chrono::milliseconds(opts_.query_timeout_ms)});
+               caf::timespan{std::chrono::milliseconds(opts_.submit_timeout_ms)});
     return {key, kj::mv(submitted.promise)};
   }
 
@@ -259,14 +259,16 @@ class gateway_loop final : public server::front_door {
     cancel(key);
   }
 
-  kj::Promise<outcome<cluster_status>> status() override { return ask<cluster_status>(status_atom::value); }
+  kj::Promise<outcome<cluster_status>> status() override {
+    return ask<cluster_status>(opts_.query_timeout_ms, status_atom::value);
+  }
 
   kj::Promise<outcome<std::vector<std::int32_t>>> tokenize(tokenize_request req) override {
-    return ask<std::vector<std::int32_t>>(tokenize_atom::value, std::move(req));
+    return ask<std::vector<std::int32_t>>(opts_.query_timeout_ms, tokenize_atom::value, std::move(req));
   }
 
   kj::Promise<outcome<admin_result>> admin(admin_request req) override {
-    return ask<admin_result>(admin_atom::value, std::move(req));
+    return ask<admin_result>(opts_.admin_timeout_ms, admin_atom::value, std::move(req));
   }
 
   server::rendered_chat render_chat(const std::string& model, const nlohmann::ordered_json& messages,

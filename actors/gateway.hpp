@@ -27,7 +27,16 @@ struct gateway_options : server::door_options {
   /// reads their tokenizers only to render chat templates for `chat`; empty disables `chat` and
   /// leaves unknown-model checks to the router.
   std::vector<std::pair<std::string, std::string>> models;
-  std::int32_t query_timeout_ms = 5000;         // router answers to tokenize/status/submit. Default: 5000
+  /// How long the router may take to answer status, tokenize and a key check. Default: 5000
+  std::int32_t query_timeout_ms = 5000;
+  /// How long the router may take to accept or refuse a generation: its answer-cache lookup (5 s)
+  /// plus `router.submit_timeout_s` (its wait for a batcher), with room to spare, so that the door
+  /// never gives up on a request the router still hands on (it would run for nobody). The node
+  /// sets it from the cluster config: (5 + submit_timeout_s + 10) s. Default: 45000
+  std::int32_t submit_timeout_ms = 45000;
+  /// How long an admin call may take: the admin operation's longest wait (an audit query or
+  /// export, 60 s) plus writing its own audit record (30 s), with room to spare. Default: 120000
+  std::int32_t admin_timeout_ms = 120000;
   bool http = false;                            // serve the OpenAI-compatible HTTP API. Default: false
   std::int32_t http_port = 0;                   // its port; 0: any free port (see http_port())
   /// Where shoal:client_disconnects_total is counted (the node's registry). Default: null (not counted)

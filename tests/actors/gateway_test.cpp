@@ -867,6 +867,11 @@ class scripted_gateway {
   std::unique_ptr<gateway_server> gateway_;
 };
 
+shoal::test::http_response post_json(int port, const std::string& path, const std::string& body,
+                                     std::vector<std::string> headers = {}) {
+  return shoal::test::http_request("127.0.0.1", port, "POST", path, body, headers);
+}
+
 std::string nested(const std::string& inner, int depth) {
   return std::string(static_cast<std::size_t>(depth), '[') + inner + std::string(static_cast<std::size_t>(depth), ']');
 }
@@ -920,6 +925,33 @@ BOOST_AUTO_TEST_CASE(rpc_chat_json_is_bounded_before_it_is_parsed,
   BOOST_TEST(cl.chat(ok).finish_reason == "length");
   shoal::client::client other("127.0.0.1", g.rpc_port());
   BOOST_TEST(other.health().live);
+}
+
+// Issue: every router call waited query_timeout_ms (5 s), while the router may take its cache
+// lookup plus router.submit_timeout_s to accept a generation and an admin query up to a minute:
+// the door answered 503 for a request that then ran for nobody.
+BOOST_AUTO_TEST_CASE(generations_and_admin_calls_wait_longer_than_queries) {
+  gateway_options go;
+  go.query_timeout_ms = 300;
+  go.submit_timeout_ms = 5000;
+  go.admin_timeout_ms = 5000;
+  scripted_gateway g(go);
+  {
+    std::lock_guard lock(g.script().mutex);
+    g.script().submit_delay = std::chrono::milliseconds(1000);
+    g.script().admin_delay = std::chrono::milliseconds(1000);
+  }
+  shoal::client::client cl("127.0.0.1", g.rpc_port());
+  auto p = greedy("Once", 4);
+  BOOST_TEST(cl.complete(p).info.finish_reason == "length");
+  BOOST_TEST(cl.generate(p).finish_reason == "length");
+  shoal::client::admin_params a;
+  a.op = "query";
+  BOOST_TEST(cl.admin(a).size() == 1u);
+  auto r = post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");
+  BOOST_TEST(r.status == 200, r.status << " " << r.body);
+  std::lock_guard lock(g.script().mutex);
+  BOOST_TEST(g.script().cancels == 0, "a request the door gave up on was cancelled");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
