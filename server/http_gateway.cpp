@@ -375,11 +375,21 @@ class openai_service final : public kj::HttpService {
       r.caller = ex.caller;
       r.model = ex.model;
       r.error_code = e.errc.empty() ? "invalid_argument" : e.errc;
-      r.error_message = e.message;
+      r.error_message = e.message;  // the router masks it before it is stored
       door_.refused(std::move(r));
     }
     log::debug("http: {} {}: {} {}", peer_, ex.caller.api_method, e.status, door_.telemetry().for_log(e.message));
-    return send(response, ex, e.status, error_body(e));
+    const auto shown = for_client(ex, e);
+    return send(response, ex, shown.status, error_body(shown));
+  }
+
+  /// `e` as the client may see it: a failure of ours (500) says "internal error" and no more (its
+  /// text can name files, peers, a library's words); what happened goes to the node log, masked.
+  request_error for_client(const exchange& ex, request_error e) const {
+    if (e.status != 500) return e;
+    log::error("http: {} {}: {}: {}", peer_, ex.caller.api_method, e.errc, door_.telemetry().for_log(e.message));
+    e.message = "internal error";
+    return e;
   }
 
   // A failure of this door's own code: logged (masked: descriptions can quote the client), and
@@ -506,8 +516,7 @@ class openai_service final : public kj::HttpService {
           for (const auto& r : results) {
             if (!r.accepted) {
               for (auto k : j.keys) door_.abandon(k);
-              return send(response, ex, from_errc(r.error_code, r.error_message).status,
-                          error_body(from_errc(r.error_code, r.error_message)));
+              return refuse(response, ex, from_errc(r.error_code, r.error_message));  // audited by the router
             }
           }
           return j.request.stream ? stream(response, ex, j) : collect(response, ex, j);
@@ -542,10 +551,7 @@ class openai_service final : public kj::HttpService {
     for (std::size_t i = 0; i < j.keys.size(); ++i) all.add(collect_one(j, i));
     return kj::joinPromises(all.releaseAsArray()).then([this, &response, &ex, &j]() {
       for (const auto& s : j.summaries) {
-        if (s.finish_reason == "error") {
-          const auto e = from_errc(s.error_code, s.error_message);
-          return send(response, ex, e.status, error_body(e));
-        }
+        if (s.finish_reason == "error") return refuse(response, ex, from_errc(s.error_code, s.error_message));
       }
       json choices = json::array();
       for (std::size_t i = 0; i < j.summaries.size(); ++i) {
@@ -577,8 +583,8 @@ class openai_service final : public kj::HttpService {
                 {"choices", json::array({std::move(choice)})}};
   }
 
-  kj::Promise<void> stream_one(job& j, sse_writer& w, std::size_t i) {
-    return door_.next(j.keys[i]).then([this, &j, &w, i](pulled p) -> kj::Promise<void> {
+  kj::Promise<void> stream_one(const exchange& ex, job& j, sse_writer& w, std::size_t i) {
+    return door_.next(j.keys[i]).then([this, &ex, &j, &w, i](pulled p) -> kj::Promise<void> {
       std::string events;
       std::string text;
       for (const auto& c : p.chunks) text += c.text;
@@ -600,7 +606,7 @@ class openai_service final : public kj::HttpService {
         j.summaries[i] = *p.summary;
         if (p.summary->finish_reason == "error") {
           // Headers are gone already: the error travels as an event, as vLLM sends it.
-          events += sse_writer::event(error_body(from_errc(p.summary->error_code, p.summary->error_message)));
+          events += sse_writer::event(error_body(for_client(ex, from_errc(p.summary->error_code, p.summary->error_message))));
         } else {
           json c = {{"index", i}};
           if (j.request.chat) c["delta"] = json::object();
@@ -612,7 +618,7 @@ class openai_service final : public kj::HttpService {
       }
       auto write = events.empty() ? kj::Promise<void>(kj::READY_NOW) : w.write(events);
       if (p.summary) return write;
-      return write.then([this, &j, &w, i] { return stream_one(j, w, i); });
+      return write.then([this, &ex, &j, &w, i] { return stream_one(ex, j, w, i); });
     });
   }
 
@@ -625,7 +631,7 @@ class openai_service final : public kj::HttpService {
     auto& w = *writer;
     kj::Vector<kj::Promise<void>> all;
     for (std::size_t i = 0; i < j.keys.size(); ++i) {
-      all.add(stream_one(j, w, i).catch_([this, &j](kj::Exception&& e) -> kj::Promise<void> {
+      all.add(stream_one(ex, j, w, i).catch_([this, &j](kj::Exception&& e) -> kj::Promise<void> {
         // The client went away (a write failed): stop every choice now, not at its next token.
         for (auto k : j.keys) door_.abandon(k);
         return kj::mv(e);

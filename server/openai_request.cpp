@@ -79,6 +79,8 @@ bool json_too_deep(std::string_view s) {
   return false;
 }
 
+bool internal_failure(const std::string& errc) { return from_errc(errc, "").status == 500; }
+
 namespace {
 
 request_error unsupported(const std::string& what, const std::string& param) {

@@ -76,4 +76,9 @@ inline constexpr int max_json_depth = 64;
 /// a linear scan that looks at no value, to run before parsing.
 bool json_too_deep(std::string_view text);
 
+/// Whether a door answers an error with this errc as a failure of its own (HTTP 500: internal,
+/// corrupt_file, cancelled, or a code it does not know): the client then gets "internal error"
+/// only, and what happened goes to the node log, masked.
+bool internal_failure(const std::string& errc);
+
 }  // namespace shoal::server

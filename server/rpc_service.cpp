@@ -30,11 +30,12 @@ using actors::submit_result;
 std::string str(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
 capnp::Text::Reader text(const std::string& s) { return capnp::Text::Reader(s.data(), s.size()); }
 
-void fill_summary(rpc::Summary::Builder out, const generation_summary& s) {
+// `message` is what the client is told about the summary's error (see shoal_impl::shown).
+void fill_summary(rpc::Summary::Builder out, const generation_summary& s, const std::string& message) {
   out.setRequestId(text(s.id));
   out.setFinishReason(text(s.finish_reason));
   out.setErrorCode(text(s.error_code));
-  out.setErrorMessage(text(s.error_message));
+  out.setErrorMessage(text(message));
   out.setPromptTokens(s.prompt_tokens);
   out.setCompletionTokens(s.completion_tokens);
   out.setQueueSeconds(s.queue_seconds);
@@ -42,11 +43,6 @@ void fill_summary(rpc::Summary::Builder out, const generation_summary& s) {
   out.setTotalSeconds(s.total_seconds);
   out.setReplica(text(s.replica));
   out.setCached(s.cached);
-}
-
-void set_error(rpc::Error::Builder e, const std::string& code, const std::string& message) {
-  e.setCode(text(code));
-  e.setMessage(text(message));
 }
 
 // Fails an RPC call with `message` as the client sees it (no kj source location or variables).
@@ -135,13 +131,13 @@ class shoal_impl final : public rpc::Shoal::Server {
             }
             auto got = kj::heap<collected>();
             auto& c = *got;
-            return collect(key, c).then([ctx, &c]() mutable {
+            return collect(key, c).then([this, ctx, &c]() mutable {
               auto out = ctx.getResults().initCompletion();
               out.setRequestId(text(c.summary.id));
               auto ids = out.initTokenIds(static_cast<unsigned>(c.ids.size()));
               for (unsigned i = 0; i < c.ids.size(); ++i) ids.set(i, c.ids[i]);
               out.setText(text(c.text));
-              fill_summary(out.initSummary(), c.summary);
+              fill_summary(out.initSummary(), c.summary, shown(c.summary.error_code, c.summary.error_message));
             }).attach(kj::mv(got));
           })
           .attach(kj::mv(guard));
@@ -162,7 +158,7 @@ class shoal_impl final : public rpc::Shoal::Server {
       set_error(ctx.getResults().initError(), to_string(errc::out_of_range), too_long(t.text.size()));
       return kj::READY_NOW;
     }
-    return door_.tokenize(std::move(t)).then([ctx](outcome<std::vector<std::int32_t>> o) mutable {
+    return door_.tokenize(std::move(t)).then([this, ctx](outcome<std::vector<std::int32_t>> o) mutable {
       auto res = ctx.getResults();
       if (!o.value) return set_error(res.initError(), o.code, o.message);
       auto ids = res.initIds(static_cast<unsigned>(o.value->size()));
@@ -206,7 +202,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     a.limit = r.getLimit();
     a.api_method = "rpc.admin";
     a.client_address = peer_;
-    return door_.admin(std::move(a)).then([ctx](outcome<actors::admin_result> o) mutable {
+    return door_.admin(std::move(a)).then([this, ctx](outcome<actors::admin_result> o) mutable {
       auto res = ctx.getResults();
       if (!o.value) return set_error(res.initError(), o.code, o.message);
       if (!o.value->ok) return set_error(res.initError(), o.value->error_code, o.value->error_message);
@@ -264,8 +260,22 @@ class shoal_impl final : public rpc::Shoal::Server {
     });
   }
 
+  // What the client is told about an error: for a failure of ours (one the HTTP door answers 500:
+  // internal, corrupt_file, ...) the code and "internal error" only, as on HTTP (its text can name
+  // files, peers, a library's words); what happened goes to the node log, masked.
+  std::string shown(const std::string& code, const std::string& message) const {
+    if (code.empty() || !internal_failure(code)) return message;
+    log::error("rpc: {}: {}: {}", peer_, code, door_.telemetry().for_log(message));
+    return "internal error";
+  }
+
+  void set_error(rpc::Error::Builder e, const std::string& code, const std::string& message) const {
+    e.setCode(text(code));
+    e.setMessage(text(shown(code, message)));
+  }
+
   template <class Context>
-  static kj::Promise<void> answer(Context& ctx, const refusal& r) {
+  kj::Promise<void> answer(Context& ctx, const refusal& r) {
     set_error(ctx.getResults().initError(), r.code, r.message);
     return kj::READY_NOW;
   }
@@ -342,9 +352,9 @@ class shoal_impl final : public rpc::Shoal::Server {
         sent = req.send();
       }
       if (p.summary) {
-        return sent.then([sink, s = *p.summary]() mutable {
+        return sent.then([sink, s = *p.summary, message = shown(p.summary->error_code, p.summary->error_message)]() mutable {
           auto req = sink.doneRequest();
-          fill_summary(req.initSummary(), s);
+          fill_summary(req.initSummary(), s, message);
           return req.send().ignoreResult();
         });
       }

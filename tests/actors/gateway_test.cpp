@@ -954,4 +954,48 @@ BOOST_AUTO_TEST_CASE(generations_and_admin_calls_wait_longer_than_queries) {
   BOOST_TEST(g.script().cancels == 0, "a request the door gave up on was cancelled");
 }
 
+// Issue: a 500 carried the router's or the gateway's own text to the client.
+BOOST_AUTO_TEST_CASE(internal_failures_say_internal_error_only) {
+  captured_log log;
+  scripted_gateway g;
+  const std::string detail = "audit store: /var/lib/shoal/audit: lock held by " + shoal::test::pii_sentence();
+  auto shows_detail = [&](const std::string& s) {
+    return s.find("/var/lib") != std::string::npos || s.find(shoal::test::planted_pii()[0]) != std::string::npos;
+  };
+  shoal::client::client cl("127.0.0.1", g.rpc_port());
+  for (const bool refused : {true, false}) {
+    BOOST_TEST_CONTEXT((refused ? "refused by the router" : "ended in error")) {
+      {
+        std::lock_guard lock(g.script().mutex);
+        g.script().refuse_code = refused ? "internal" : "";
+        g.script().refuse_message = refused ? detail : "";
+        g.script().error_code = refused ? "" : "internal";
+        g.script().error_message = refused ? "" : detail;
+      }
+      auto r = post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");
+      BOOST_TEST(r.status == 500, r.body);
+      BOOST_TEST(!shows_detail(r.body), r.body);
+      BOOST_TEST(nlohmann::json::parse(r.body)["error"]["message"] == "internal error", r.body);
+      auto s = post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4, "stream": true})");
+      BOOST_TEST(!shows_detail(s.body), s.body);
+      BOOST_TEST(s.body.find("internal error") != std::string::npos, s.body);
+      for (const bool streamed : {true, false}) {
+        try {
+          if (streamed) cl.generate(greedy("Once", 4));
+          else cl.complete(greedy("Once", 4));
+          BOOST_ERROR("no error");
+        } catch (const shoal::error& e) {
+          BOOST_TEST((e.code() == shoal::errc::internal), e.what());
+          BOOST_TEST(!shows_detail(e.what()), e.what());
+          BOOST_TEST(std::string(e.what()).find("internal error") != std::string::npos, e.what());
+        }
+      }
+    }
+  }
+  // The detail is in the node log, masked.
+  const auto text = log.text();
+  BOOST_TEST(text.find("lock held by") != std::string::npos, text.substr(0, 2000));
+  for (const auto& v : shoal::test::planted_pii()) BOOST_TEST(text.find(v) == std::string::npos, v);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

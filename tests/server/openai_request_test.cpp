@@ -248,4 +248,15 @@ BOOST_AUTO_TEST_CASE(json_depth_is_judged_before_parsing) {
   BOOST_TEST(!json_too_deep(wide + "1]"));
 }
 
+// What the doors answer with "internal error" only: what the HTTP door answers 500.
+BOOST_AUTO_TEST_CASE(internal_failures_are_the_500s) {
+  for (const char* code : {"internal", "corrupt_file", "cancelled", "no_such_code", ""}) {
+    BOOST_TEST(shoal::server::internal_failure(code), code);
+  }
+  for (const char* code : {"invalid_argument", "not_found", "unsupported", "out_of_range", "unavailable", "overloaded",
+                           "unauthenticated", "forbidden", "rate_limited"}) {
+    BOOST_TEST(!shoal::server::internal_failure(code), code);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
