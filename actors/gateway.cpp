@@ -255,7 +255,13 @@ class gateway_loop final : public server::front_door {
     }
     g->consumer = false;
     g->queued.clear();
-    g->waiting = nullptr;
+    // A next() still waiting belongs to a client that is gone (another choice of its request hit
+    // the broken connection): it ends as a disconnect, which the doors count and log at debug. A
+    // dropped fulfiller would end it as kj's FAILED "PromiseFulfiller was destroyed", an error.
+    if (g->waiting) {
+      auto waiting = kj::mv(g->waiting);
+      waiting->reject(KJ_EXCEPTION(DISCONNECTED, "the client went away"));
+    }
     cancel(key);
   }
 

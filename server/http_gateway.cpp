@@ -118,11 +118,21 @@ const char* bad_length_message = "the Content-Length header must be one decimal 
 // ---- one HTTP request, as it goes through the door
 
 struct exchange {
+  explicit exchange(door_telemetry& t) : telemetry(t) {}
+  // kj-http drops a request whose client hangs up (its connection's whenWriteDisconnected), with
+  // no word to the service: one dropped before it was over is a client that went away.
+  ~exchange() {
+    if (!over && !gone_counted) telemetry.client_gone("http", read ? "response" : "request", caller.client_address);
+  }
+
+  door_telemetry& telemetry;
   door_caller caller;      // the key (until the router has it), the peer, the API method
   std::string model;       // as the client named it, once known
   bool audited = false;    // its audit record is written (or the router writes it)
+  bool read = false;       // the request is all in (its body read, or it has none)
   bool responded = false;  // the status line went out
   bool gone_counted = false;
+  bool over = false;       // the service's promise settled (answered, failed, or counted as gone)
 };
 
 // The body as read: the text, or why there is none.
@@ -183,7 +193,7 @@ class openai_service final : public kj::HttpService {
 
   kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders& headers,
                             kj::AsyncInputStream& body, Response& response) override {
-    auto x = kj::heap<exchange>();
+    auto x = kj::heap<exchange>(door_.telemetry());
     auto& ex = *x;
     std::string path(url.cStr());
     path = path.substr(0, path.find('?'));
@@ -207,7 +217,11 @@ class openai_service final : public kj::HttpService {
       done = internal(response, ex, e.what());
     }
     return done
-        .catch_([this, &response, &ex](kj::Exception&& e) -> kj::Promise<void> {
+        .then([&ex]() -> kj::Promise<void> {
+          ex.over = true;
+          return kj::READY_NOW;
+        }, [this, &response, &ex](kj::Exception&& e) -> kj::Promise<void> {
+          ex.over = true;
           if (e.getType() == kj::Exception::Type::DISCONNECTED) {
             if (!ex.gone_counted) door_.telemetry().client_gone("http", "response", peer_);
             ex.gone_counted = true;
@@ -263,6 +277,7 @@ class openai_service final : public kj::HttpService {
       if (!valid_length(*length, declared)) throw bad_request(bad_length_message, "", "invalid_request");
       has_length = true;
     }
+    ex.read = path != "/v1/completions" && path != "/v1/chat/completions";  // the others read no body
     if (path == "/livez") {
       if (method != kj::HttpMethod::GET && method != kj::HttpMethod::HEAD) throw not_allowed("GET");
       // Answered by this loop alone: it shows the process and its event loop are alive.
@@ -312,6 +327,7 @@ class openai_service final : public kj::HttpService {
                                           : "the body does not match its Content-Length",
                                   "", "invalid_request");
               case body_read::how::ok:
+                ex.read = true;
                 break;
             }
             return generate(response, ex, std::move(b.text), chat);

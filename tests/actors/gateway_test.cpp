@@ -998,4 +998,55 @@ BOOST_AUTO_TEST_CASE(internal_failures_say_internal_error_only) {
   for (const auto& v : shoal::test::planted_pii()) BOOST_TEST(text.find(v) == std::string::npos, v);
 }
 
+// Issue: when one choice of a streamed request hit the broken connection, the gateway dropped the
+// other choices' waiting next() calls, which kj reports as a FAILED "PromiseFulfiller was
+// destroyed": a routine disconnect was logged as an error and not counted.
+BOOST_AUTO_TEST_CASE(a_client_leaving_a_stream_of_several_choices_is_a_disconnect) {
+  captured_log log;
+  scripted_gateway g;
+  {
+    // Choice 0 gets no tokens, so its next() is always waiting when another choice's write finds
+    // the connection broken; choices 1 and 2 stream side by side (two writes a tick: the second
+    // fails before the loop hears of the hangup) until cancelled.
+    std::lock_guard lock(g.script().mutex);
+    g.script().chunks = 1000000;
+    g.script().chunk_every = std::chrono::milliseconds(1);
+    g.script().silent_suffix = "-0";
+  }
+  const std::string series = "shoal:client_disconnects_total{door=\"http\"";
+  const int clients = 10;
+  for (int i = 0; i < clients; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(g.http_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    const std::string body = R"({"prompt": "Once", "max_tokens": 1000, "n": 3, "stream": true})";
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    BOOST_REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
+    std::string got;
+    char buf[4096];
+    while (got.find("\"text\"") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      BOOST_REQUIRE_MESSAGE(n > 0, "the stream ended before its first token: " << got);
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    const auto deadline = clock_type::now() + std::chrono::seconds(5);
+    while (g.metric(series) < i + 1 && clock_type::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  BOOST_TEST(g.metric(series) == clients);
+  {
+    std::lock_guard lock(g.script().mutex);
+    BOOST_TEST(g.script().cancels == 3 * clients);
+  }
+  BOOST_TEST(log.lines_at("error").empty(), log.lines_at("error").substr(0, 3000));
+  BOOST_TEST(log.lines_at("warning").empty(), log.lines_at("warning").substr(0, 3000));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
