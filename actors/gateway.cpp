@@ -568,6 +568,9 @@ class gateway_impl final : public gateway_server {
  private:
   void run(caf::actor_system& sys, router_actor router, gateway_options opts,
            std::promise<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>& ready) {
+    // How a failure of the loop is logged: kj's descriptions can quote request bytes, so masked
+    // and cut like everything else the doors log (its own masker: `loop`'s may not exist yet).
+    const server::door_telemetry failure_log(nullptr, opts.pii);
     bool started = false;
     try {
       auto io = kj::setupAsyncIo();
@@ -580,36 +583,36 @@ class gateway_impl final : public gateway_server {
       }
 
       gateway_loop loop(sys, std::move(router), std::move(opts));
+      // However the loop ends, stopped or failed: generations in flight are cancelled and the
+      // inbox refuses later posts (a bridge whose post is refused cancels its request), so nothing
+      // runs on for a loop that is gone. Declared before the doors, so it runs after they are
+      // dropped (their connections still call into `loop` as they close).
+      KJ_DEFER(loop.shutdown());
       // kj's own log lines (it quotes request bytes in some) go to the node log at debug, masked.
       server::kj_log_to_debug kj_log(loop.telemetry());
       auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
       ready.set_value(kj::mv(stop.fulfiller));
       started = true;
-      {
-        auto inbox_task = loop.drain_inbox().eagerlyEvaluate([&loop](kj::Exception&& e) {
-          log::error("gateway: inbox: {}", loop.telemetry().for_log(e));
-        });
-        // Both doors on the same loop, reaching the router through `loop`.
-        auto rpc = server::make_rpc_door(loop, io.provider->getTimer());
-        auto accepting = rpc->listen(*listener);
-        kj::Own<server::http_gateway> http;
-        if (http_listener) {
-          http = server::make_http_gateway(loop, io.provider->getTimer());
-          accepting = accepting.exclusiveJoin(http->listen(*http_listener));
-        }
-        stop.promise.exclusiveJoin(kj::mv(accepting)).wait(io.waitScope);
-        // Stop accepting; cancel what is in flight and give clients a moment to receive their
-        // "cancelled" summaries; then drop the connections (and with them the doors' objects that
-        // refer to `loop`).
-        listener = nullptr;
-        http_listener = nullptr;
-        loop.cancel_all()
-            .exclusiveJoin(io.provider->getTimer().afterDelay(stop_grace_ms * kj::MILLISECONDS))
-            .wait(io.waitScope);
-        http = nullptr;
-        rpc = nullptr;
-        loop.shutdown();
+      auto inbox_task = loop.drain_inbox().eagerlyEvaluate([&loop](kj::Exception&& e) {
+        log::error("gateway: inbox: {}", loop.telemetry().for_log(e));
+      });
+      // Both doors on the same loop, reaching the router through `loop`.
+      auto rpc = server::make_rpc_door(loop, io.provider->getTimer());
+      auto accepting = rpc->listen(*listener);
+      kj::Own<server::http_gateway> http;
+      if (http_listener) {
+        http = server::make_http_gateway(loop, io.provider->getTimer());
+        accepting = accepting.exclusiveJoin(http->listen(*http_listener));
       }
+      stop.promise.exclusiveJoin(kj::mv(accepting)).wait(io.waitScope);
+      // Stop accepting; cancel what is in flight and give clients a moment to receive their
+      // "cancelled" summaries; then drop the connections (and with them the doors' objects that
+      // refer to `loop`).
+      listener = nullptr;
+      http_listener = nullptr;
+      loop.cancel_all()
+          .exclusiveJoin(io.provider->getTimer().afterDelay(stop_grace_ms * kj::MILLISECONDS))
+          .wait(io.waitScope);
     } catch (...) {
       if (!started) {
         ready.set_exception(std::current_exception());
@@ -619,11 +622,11 @@ class gateway_impl final : public gateway_server {
       try {
         throw;
       } catch (const kj::Exception& e) {
-        // kj's own words only: variables (request bytes among them) follow the first ';'.
-        const std::string d = e.getDescription().cStr();
-        log::error("gateway: event loop failed: {}", d.substr(0, d.find(';')));
+        log::error("gateway: event loop failed: {}", failure_log.for_log(e));
       } catch (const std::exception& e) {
-        log::error("gateway: event loop failed: {}", e.what());
+        log::error("gateway: event loop failed: {}", failure_log.for_log(e.what()));
+      } catch (...) {
+        log::error("gateway: event loop failed (an exception of no known type)");
       }
     }
   }
