@@ -129,6 +129,7 @@ class gateway_loop final : public server::front_door {
     char buf[16];
     std::snprintf(buf, sizeof(buf), "%08x", rd());
     id_prefix_ = std::string("rpc-") + buf + "-";
+    load_tokenizers();
   }
 
   const server::door_options& options() const override { return opts_; }
@@ -436,15 +437,33 @@ class gateway_loop final : public server::front_door {
     f->fulfill(kj::mv(p));
   }
 
-  /// The tokenizer of a served model, for chat templates; loaded on first use.
-  const tokenizer& model_tokenizer(const std::string& model) {
-    auto& tok = tokenizers_[model];
-    if (!tok) {
-      const auto* path = model_path(model);
-      if (!path) throw error(errc::not_found, "unknown model '" + model + "'");
-      tok = load_model_tokenizer(*path);
+  /// Loads every served model's tokenizer (for chat templates), before the doors open: a large
+  /// vocabulary takes a while to load, which on the event loop would stall both doors and /livez.
+  /// A model whose tokenizer does not load keeps its error, for the chats that ask for it.
+  void load_tokenizers() {
+    for (const auto& [name, path] : opts_.models) {
+      auto& t = tokenizers_[name];
+      if (t.tok || !t.why.empty()) continue;  // a name served twice: the first entry, as model_path
+      try {
+        t.tok = load_model_tokenizer(path);
+      } catch (const error& e) {
+        t.code = e.code();
+        t.why = e.what();
+      } catch (const std::exception& e) {
+        t.code = errc::internal;
+        t.why = "model '" + name + "': its tokenizer did not load: " + e.what();
+      }
+      if (!t.tok) log::warn("gateway: chats for model '{}' will be refused: {}", name, t.why);
     }
-    return *tok;
+  }
+
+  /// The tokenizer of a served model ("" = the default), loaded at start; throws its load error.
+  const tokenizer& model_tokenizer(const std::string& model) const {
+    const auto name = served_name(model);
+    const auto it = name ? tokenizers_.find(*name) : tokenizers_.end();
+    if (it == tokenizers_.end()) throw error(errc::not_found, "unknown model '" + model + "'");
+    if (!it->second.tok) throw error(it->second.code, it->second.why);
+    return *it->second.tok;
   }
 
   /// The path of a served model ("" = the default), or null when the gateway does not know it.
@@ -467,7 +486,13 @@ class gateway_loop final : public server::front_door {
   // All below: touched on the loop thread only.
   std::unordered_map<std::uint64_t, kj::Own<generation>> generations_;
   std::unordered_map<std::uint64_t, kj::Own<pending_base>> pending_;
-  std::map<std::string, std::unique_ptr<tokenizer>> tokenizers_;
+  // A served model's tokenizer, or why it did not load.
+  struct loaded_tokenizer {
+    std::unique_ptr<tokenizer> tok;
+    errc code = errc::internal;
+    std::string why;
+  };
+  std::map<std::string, loaded_tokenizer> tokenizers_;  // by served name; filled at start, read only after
   kj::Own<kj::PromiseFulfiller<void>> idle_;  // cancel_all() waiting for the last generation
 };
 

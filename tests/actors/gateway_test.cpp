@@ -1049,4 +1049,33 @@ BOOST_AUTO_TEST_CASE(a_client_leaving_a_stream_of_several_choices_is_a_disconnec
   BOOST_TEST(log.lines_at("warning").empty(), log.lines_at("warning").substr(0, 3000));
 }
 
+// Issue: the first chat per model loaded its tokenizer on the event loop (stalling both doors),
+// keyed by the name the client gave ("" and the default's name loaded it twice).
+BOOST_AUTO_TEST_CASE(tokenizers_load_when_the_gateway_starts, *boost::unit_test::precondition(needs_shared{qwen})) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("shoal-gw-tok-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy(shared_path(qwen), dir / "qwen");
+  gateway_options go;
+  go.models = {{"qwen2-tiny", (dir / "qwen").string()}, {"broken", (dir / "missing").string()}};
+  {
+    scripted_gateway g(go);
+    // Once started, the gateway needs the files no more.
+    fs::remove_all(dir);
+    shoal::client::client cl("127.0.0.1", g.rpc_port());
+    shoal::client::chat_params chat;
+    chat.messages = {{"user", "Hi"}};
+    chat.generation.max_tokens = 4;
+    for (const std::string model : {"", "qwen2-tiny", ""}) {
+      chat.generation.model = model;
+      BOOST_TEST(cl.chat(chat).finish_reason == "length", "model '" << model << "'");
+    }
+    // A model whose tokenizer did not load says why, as before.
+    chat.generation.model = "broken";
+    check_refused([&] { cl.chat(chat); }, shoal::errc::not_found, "a model without its files");
+  }
+  fs::remove_all(dir);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
