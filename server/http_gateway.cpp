@@ -243,8 +243,15 @@ class openai_service final : public kj::HttpService {
         throw request_error{401, "authentication_error", "invalid_api_key",
                             "the Authorization header must be 'Bearer YOUR_API_KEY'", "", "unauthenticated"};
       }
-      ex.caller.api_key = h.substr(7);
-      while (!ex.caller.api_key.empty() && ex.caller.api_key.front() == ' ') ex.caller.api_key.erase(0, 1);
+      // The key without the whitespace around it (spaces or tabs, HTTP's OWS).
+      const auto first = h.find_first_not_of(" \t", 7);
+      ex.caller.api_key = first == std::string::npos ? "" : h.substr(first, h.find_last_not_of(" \t") + 1 - first);
+      // A key header that is given is a claim to be someone: an empty key is an invalid key, not
+      // a request without one (which would run as anonymous).
+      if (ex.caller.api_key.empty()) {
+        throw request_error{401, "authentication_error", "invalid_api_key",
+                            "the Authorization header carries an empty API key", "", "unauthenticated"};
+      }
     }
     const bool generation = ex.caller.operation == "generate";
     // Generations always ask (a cluster that requires keys refuses one without); other endpoints

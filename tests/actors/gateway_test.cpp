@@ -1078,4 +1078,20 @@ BOOST_AUTO_TEST_CASE(tokenizers_load_when_the_gateway_starts, *boost::unit_test:
   fs::remove_all(dir);
 }
 
+// Issue: "Authorization: Bearer " with nothing after it ran as anonymous.
+BOOST_AUTO_TEST_CASE(an_empty_bearer_key_is_an_invalid_key) {
+  scripted_gateway g;
+  for (const std::string header : {"Authorization: Bearer ", "Authorization: Bearer    ", "Authorization: bearer \t"}) {
+    BOOST_TEST_CONTEXT("'" << header << "'") {
+      auto livez = shoal::test::http_request("127.0.0.1", g.http_port(), "GET", "/livez", "", {header});
+      BOOST_TEST(livez.status == 401, livez.status << " " << livez.body);
+      auto r = post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})", {header});
+      BOOST_TEST(r.status == 401, r.status << " " << r.body);
+      if (r.status == 401) BOOST_TEST(nlohmann::json::parse(r.body)["error"]["code"] == "invalid_api_key");
+    }
+  }
+  // No header at all is still anonymous.
+  BOOST_TEST(post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})").status == 200);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
