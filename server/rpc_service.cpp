@@ -253,8 +253,18 @@ class shoal_impl final : public rpc::Shoal::Server {
     c.client_address = peer_;
     c.api_method = method;
     c.operation = "generate";
-    return door_.authenticate(std::move(c)).then([](outcome<actors::auth_result> a) -> std::optional<refusal> {
-      if (!a.value) return refuse(errc::unavailable, "the router did not answer: " + a.message);
+    return door_.authenticate(c).then([this, c](outcome<actors::auth_result> a) -> std::optional<refusal> {
+      if (!a.value) {
+        // The router wrote no record of this one: the door does (as the HTTP door does), so that
+        // every refused request has one.
+        auto r = refuse(errc::unavailable, "the router did not answer: " + a.message);
+        actors::door_refusal d;
+        d.caller = c;
+        d.error_code = r.code;
+        d.error_message = r.message;
+        door_.refused(std::move(d));
+        return r;
+      }
       if (!a.value->ok) return refusal{a.value->error_code, a.value->error_message};  // audited there
       return std::nullopt;
     });

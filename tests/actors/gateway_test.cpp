@@ -1094,4 +1094,32 @@ BOOST_AUTO_TEST_CASE(an_empty_bearer_key_is_an_invalid_key) {
   BOOST_TEST(post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})").status == 200);
 }
 
+// Issue: a key check the router did not answer was refused by the RPC door without an audit
+// record, while the HTTP door sends one.
+BOOST_AUTO_TEST_CASE(an_unanswered_key_check_is_audited_by_both_doors) {
+  gateway_options go;
+  go.query_timeout_ms = 300;
+  scripted_gateway g(go);
+  {
+    std::lock_guard lock(g.script().mutex);
+    g.script().answer_authn = false;
+  }
+  shoal::client::client_options o;
+  o.api_key = "some-key";
+  shoal::client::client cl("127.0.0.1", g.rpc_port(), o);
+  check_refused([&] { cl.generate(greedy("Once", 4)); }, shoal::errc::unavailable, "rpc generate");
+  auto r = post_json(g.http_port(), "/v1/completions", R"({"prompt": "Once"})", {"Authorization: Bearer some-key"});
+  BOOST_TEST(r.status == 503, r.body);
+  const auto seen = g.refusals(2);
+  std::set<std::string> methods;
+  for (const auto& d : seen) {
+    methods.insert(d.caller.api_method);
+    BOOST_TEST(d.error_code == "unavailable");
+    BOOST_TEST(d.caller.api_key == "some-key");  // the router identifies the caller for the record
+  }
+  BOOST_TEST(seen.size() == 2u);
+  BOOST_TEST(methods.count("rpc.generate") == 1u);
+  BOOST_TEST(methods.count("http.completions") == 1u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
