@@ -34,9 +34,10 @@ struct gateway_options : server::door_options {
   /// never gives up on a request the router still hands on (it would run for nobody). The node
   /// sets it from the cluster config: (5 + submit_timeout_s + 10) s. Default: 45000
   std::int32_t submit_timeout_ms = 45000;
-  /// How long an admin call may take: the admin operation's longest wait (an audit query or
-  /// export, 60 s) plus writing its own audit record (30 s), with room to spare. Default: 120000
-  std::int32_t admin_timeout_ms = 120000;
+  /// How long an admin call may take: longer than the router's own bound on it (an audit query or
+  /// export waits up to 60 s, then writes its audit record, 30 s; the router gives an unblock up to
+  /// 120 s), so the door never answers before the router does. Default: 150000
+  std::int32_t admin_timeout_ms = 150000;
   bool http = false;                            // serve the OpenAI-compatible HTTP API. Default: false
   std::int32_t http_port = 0;                   // its port; 0: any free port (see http_port())
   /// Where shoal:client_disconnects_total is counted (the node's registry). Default: null (not counted)
