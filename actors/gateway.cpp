@@ -129,6 +129,7 @@ class gateway_loop final : public server::front_door {
     char buf[16];
     std::snprintf(buf, sizeof(buf), "%08x", rd());
     id_prefix_ = std::string("rpc-") + buf + "-";
+    load_tokenizers();
   }
 
   const server::door_options& options() const override { return opts_; }
@@ -152,17 +153,17 @@ class gateway_loop final : public server::front_door {
     return kj::evalLater([this] { return drain_inbox(); });
   }
 
-  /// Asks the router from a short-lived helper actor; the answer comes back through the inbox, so
-  /// the event loop never blocks on CAF.
+  /// Asks the router from a short-lived helper actor, waiting `timeout_ms` for its answer; the
+  /// answer comes back through the inbox, so the event loop never blocks on CAF.
   template <class T, class... Ts>
-  kj::Promise<outcome<T>> ask(Ts... xs) {
+  kj::Promise<outcome<T>> ask(std::int32_t timeout_ms, Ts... xs) {
     const auto key = ++next_key_;
     auto paf = kj::newPromiseAndFulfiller<outcome<T>>();
     pending_.emplace(key, kj::heap<pending<T>>(kj::mv(paf.fulfiller)));
     auto box = inbox_;
     auto* loop = this;
     auto router = router_;
-    const caf::timespan timeout = std::chrono::milliseconds(opts_.query_timeout_ms);
+    const caf::timespan timeout = std::chrono::milliseconds(timeout_ms);
     // The helper may start on a CAF worker thread: it captures copies, never `this`'s members.
     // `key` goes as a spawn argument: CAF 0.17 dereferences a null argument tuple when a function
     // actor is spawned without arguments (UBSan stops there).
@@ -197,7 +198,7 @@ class gateway_loop final : public server::front_door {
   // ---- front_door
 
   kj::Promise<outcome<auth_result>> authenticate(door_caller caller) override {
-    return ask<auth_result>(authn_atom::value, std::move(caller));
+    return ask<auth_result>(opts_.query_timeout_ms, authn_atom::value, std::move(caller));
   }
 
   void refused(door_refusal refusal) override { caf::anon_send(router_, refused_atom::value, std::move(refusal)); }
@@ -212,7 +213,7 @@ class gateway_loop final : public server::front_door {
     g->submitted = kj::mv(submitted.fulfiller);
     generations_.emplace(key, kj::mv(g));
     sys_.spawn(bridge, inbox_, this, key, router_, std::move(req),
-               caf::timespan{std::chrono::milliseconds(opts_.query_timeout_ms)});
+               caf::timespan{std::chrono::milliseconds(opts_.submit_timeout_ms)});
     return {key, kj::mv(submitted.promise)};
   }
 
@@ -255,18 +256,26 @@ class gateway_loop final : public server::front_door {
     }
     g->consumer = false;
     g->queued.clear();
-    g->waiting = nullptr;
+    // A next() still waiting belongs to a client that is gone (another choice of its request hit
+    // the broken connection): it ends as a disconnect, which the doors count and log at debug. A
+    // dropped fulfiller would end it as kj's FAILED "PromiseFulfiller was destroyed", an error.
+    if (g->waiting) {
+      auto waiting = kj::mv(g->waiting);
+      waiting->reject(KJ_EXCEPTION(DISCONNECTED, "the client went away"));
+    }
     cancel(key);
   }
 
-  kj::Promise<outcome<cluster_status>> status() override { return ask<cluster_status>(status_atom::value); }
+  kj::Promise<outcome<cluster_status>> status() override {
+    return ask<cluster_status>(opts_.query_timeout_ms, status_atom::value);
+  }
 
   kj::Promise<outcome<std::vector<std::int32_t>>> tokenize(tokenize_request req) override {
-    return ask<std::vector<std::int32_t>>(tokenize_atom::value, std::move(req));
+    return ask<std::vector<std::int32_t>>(opts_.query_timeout_ms, tokenize_atom::value, std::move(req));
   }
 
   kj::Promise<outcome<admin_result>> admin(admin_request req) override {
-    return ask<admin_result>(admin_atom::value, std::move(req));
+    return ask<admin_result>(opts_.admin_timeout_ms, admin_atom::value, std::move(req));
   }
 
   server::rendered_chat render_chat(const std::string& model, const nlohmann::ordered_json& messages,
@@ -428,15 +437,33 @@ class gateway_loop final : public server::front_door {
     f->fulfill(kj::mv(p));
   }
 
-  /// The tokenizer of a served model, for chat templates; loaded on first use.
-  const tokenizer& model_tokenizer(const std::string& model) {
-    auto& tok = tokenizers_[model];
-    if (!tok) {
-      const auto* path = model_path(model);
-      if (!path) throw error(errc::not_found, "unknown model '" + model + "'");
-      tok = load_model_tokenizer(*path);
+  /// Loads every served model's tokenizer (for chat templates), before the doors open: a large
+  /// vocabulary takes a while to load, which on the event loop would stall both doors and /livez.
+  /// A model whose tokenizer does not load keeps its error, for the chats that ask for it.
+  void load_tokenizers() {
+    for (const auto& [name, path] : opts_.models) {
+      auto& t = tokenizers_[name];
+      if (t.tok || !t.why.empty()) continue;  // a name served twice: the first entry, as model_path
+      try {
+        t.tok = load_model_tokenizer(path);
+      } catch (const error& e) {
+        t.code = e.code();
+        t.why = e.what();
+      } catch (const std::exception& e) {
+        t.code = errc::internal;
+        t.why = "model '" + name + "': its tokenizer did not load: " + e.what();
+      }
+      if (!t.tok) log::warn("gateway: chats for model '{}' will be refused: {}", name, t.why);
     }
-    return *tok;
+  }
+
+  /// The tokenizer of a served model ("" = the default), loaded at start; throws its load error.
+  const tokenizer& model_tokenizer(const std::string& model) const {
+    const auto name = served_name(model);
+    const auto it = name ? tokenizers_.find(*name) : tokenizers_.end();
+    if (it == tokenizers_.end()) throw error(errc::not_found, "unknown model '" + model + "'");
+    if (!it->second.tok) throw error(it->second.code, it->second.why);
+    return *it->second.tok;
   }
 
   /// The path of a served model ("" = the default), or null when the gateway does not know it.
@@ -459,7 +486,13 @@ class gateway_loop final : public server::front_door {
   // All below: touched on the loop thread only.
   std::unordered_map<std::uint64_t, kj::Own<generation>> generations_;
   std::unordered_map<std::uint64_t, kj::Own<pending_base>> pending_;
-  std::map<std::string, std::unique_ptr<tokenizer>> tokenizers_;
+  // A served model's tokenizer, or why it did not load.
+  struct loaded_tokenizer {
+    std::unique_ptr<tokenizer> tok;
+    errc code = errc::internal;
+    std::string why;
+  };
+  std::map<std::string, loaded_tokenizer> tokenizers_;  // by served name; filled at start, read only after
   kj::Own<kj::PromiseFulfiller<void>> idle_;  // cancel_all() waiting for the last generation
 };
 
@@ -560,6 +593,9 @@ class gateway_impl final : public gateway_server {
  private:
   void run(caf::actor_system& sys, router_actor router, gateway_options opts,
            std::promise<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>& ready) {
+    // How a failure of the loop is logged: kj's descriptions can quote request bytes, so masked
+    // and cut like everything else the doors log (its own masker: `loop`'s may not exist yet).
+    const server::door_telemetry failure_log(nullptr, opts.pii);
     bool started = false;
     try {
       auto io = kj::setupAsyncIo();
@@ -572,36 +608,36 @@ class gateway_impl final : public gateway_server {
       }
 
       gateway_loop loop(sys, std::move(router), std::move(opts));
+      // However the loop ends, stopped or failed: generations in flight are cancelled and the
+      // inbox refuses later posts (a bridge whose post is refused cancels its request), so nothing
+      // runs on for a loop that is gone. Declared before the doors, so it runs after they are
+      // dropped (their connections still call into `loop` as they close).
+      KJ_DEFER(loop.shutdown());
       // kj's own log lines (it quotes request bytes in some) go to the node log at debug, masked.
       server::kj_log_to_debug kj_log(loop.telemetry());
       auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
       ready.set_value(kj::mv(stop.fulfiller));
       started = true;
-      {
-        auto inbox_task = loop.drain_inbox().eagerlyEvaluate([&loop](kj::Exception&& e) {
-          log::error("gateway: inbox: {}", loop.telemetry().for_log(e));
-        });
-        // Both doors on the same loop, reaching the router through `loop`.
-        auto rpc = server::make_rpc_door(loop, io.provider->getTimer());
-        auto accepting = rpc->listen(*listener);
-        kj::Own<server::http_gateway> http;
-        if (http_listener) {
-          http = server::make_http_gateway(loop, io.provider->getTimer());
-          accepting = accepting.exclusiveJoin(http->listen(*http_listener));
-        }
-        stop.promise.exclusiveJoin(kj::mv(accepting)).wait(io.waitScope);
-        // Stop accepting; cancel what is in flight and give clients a moment to receive their
-        // "cancelled" summaries; then drop the connections (and with them the doors' objects that
-        // refer to `loop`).
-        listener = nullptr;
-        http_listener = nullptr;
-        loop.cancel_all()
-            .exclusiveJoin(io.provider->getTimer().afterDelay(stop_grace_ms * kj::MILLISECONDS))
-            .wait(io.waitScope);
-        http = nullptr;
-        rpc = nullptr;
-        loop.shutdown();
+      auto inbox_task = loop.drain_inbox().eagerlyEvaluate([&loop](kj::Exception&& e) {
+        log::error("gateway: inbox: {}", loop.telemetry().for_log(e));
+      });
+      // Both doors on the same loop, reaching the router through `loop`.
+      auto rpc = server::make_rpc_door(loop, io.provider->getTimer());
+      auto accepting = rpc->listen(*listener);
+      kj::Own<server::http_gateway> http;
+      if (http_listener) {
+        http = server::make_http_gateway(loop, io.provider->getTimer());
+        accepting = accepting.exclusiveJoin(http->listen(*http_listener));
       }
+      stop.promise.exclusiveJoin(kj::mv(accepting)).wait(io.waitScope);
+      // Stop accepting; cancel what is in flight and give clients a moment to receive their
+      // "cancelled" summaries; then drop the connections (and with them the doors' objects that
+      // refer to `loop`).
+      listener = nullptr;
+      http_listener = nullptr;
+      loop.cancel_all()
+          .exclusiveJoin(io.provider->getTimer().afterDelay(stop_grace_ms * kj::MILLISECONDS))
+          .wait(io.waitScope);
     } catch (...) {
       if (!started) {
         ready.set_exception(std::current_exception());
@@ -611,11 +647,11 @@ class gateway_impl final : public gateway_server {
       try {
         throw;
       } catch (const kj::Exception& e) {
-        // kj's own words only: variables (request bytes among them) follow the first ';'.
-        const std::string d = e.getDescription().cStr();
-        log::error("gateway: event loop failed: {}", d.substr(0, d.find(';')));
+        log::error("gateway: event loop failed: {}", failure_log.for_log(e));
       } catch (const std::exception& e) {
-        log::error("gateway: event loop failed: {}", e.what());
+        log::error("gateway: event loop failed: {}", failure_log.for_log(e.what()));
+      } catch (...) {
+        log::error("gateway: event loop failed (an exception of no known type)");
       }
     }
   }

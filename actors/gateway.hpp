@@ -27,7 +27,17 @@ struct gateway_options : server::door_options {
   /// reads their tokenizers only to render chat templates for `chat`; empty disables `chat` and
   /// leaves unknown-model checks to the router.
   std::vector<std::pair<std::string, std::string>> models;
-  std::int32_t query_timeout_ms = 5000;         // router answers to tokenize/status/submit. Default: 5000
+  /// How long the router may take to answer status, tokenize and a key check. Default: 5000
+  std::int32_t query_timeout_ms = 5000;
+  /// How long the router may take to accept or refuse a generation: its answer-cache lookup (5 s)
+  /// plus `router.submit_timeout_s` (its wait for a batcher), with room to spare, so that the door
+  /// never gives up on a request the router still hands on (it would run for nobody). The node
+  /// sets it from the cluster config: (5 + submit_timeout_s + 10) s. Default: 45000
+  std::int32_t submit_timeout_ms = 45000;
+  /// How long an admin call may take: longer than the router's own bound on it (an audit query or
+  /// export waits up to 60 s, then writes its audit record, 30 s; the router gives an unblock up to
+  /// 120 s), so the door never answers before the router does. Default: 150000
+  std::int32_t admin_timeout_ms = 150000;
   bool http = false;                            // serve the OpenAI-compatible HTTP API. Default: false
   std::int32_t http_port = 0;                   // its port; 0: any free port (see http_port())
   /// Where shoal:client_disconnects_total is counted (the node's registry). Default: null (not counted)

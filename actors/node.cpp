@@ -5,6 +5,8 @@
 #include <prometheus/gauge.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -167,6 +169,11 @@ int run_node(const node_run_options& o) {
         go.http_port = node->http_port;
         go.body_timeout_ms = node->http_body_timeout_ms;
         go.max_connections = node->max_connections;
+        // Longer than the router's own worst case for accepting a request (a cache lookup of up to
+        // 5 s, then up to submit_timeout_s for a batcher): a door that gave up first would answer
+        // 503 for a request that then runs.
+        go.submit_timeout_ms = static_cast<std::int32_t>(
+            std::min<std::int64_t>((5 + std::int64_t{cfg.router.submit_timeout_s} + 10) * 1000, INT32_MAX));
         go.registry = registry;
         go.pii = cfg.governance.pii;
         gateway = start_gateway(sys, router, go);

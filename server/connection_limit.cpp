@@ -17,11 +17,14 @@ kj::Promise<void> bounded_listener::listen(kj::ConnectionReceiver& listener) {
   return listener.accept()
       .then(
           [this](kj::Own<kj::AsyncIoStream>&& stream) -> kj::Promise<void> {
+            // serve_ and refuse_ run under kj::evalNow: one that throws before it returns a
+            // promise fails its own connection (a task of tasks_), not this accept loop, which
+            // both doors' accepting hangs on.
             if (max_ > 0 && open_ >= max_) {
               log::debug("{}: refusing a connection: {} open, the limit", door_, open_);
               auto& s = *stream;
               // A refused client gets a moment to read the answer, no more.
-              tasks_.add(refuse_(s)
+              tasks_.add(kj::evalNow([&] { return refuse_(s); })
                              .exclusiveJoin(timer_.afterDelay(2 * kj::SECONDS))
                              .catch_([](kj::Exception&&) {})
                              .attach(kj::mv(stream)));
@@ -29,7 +32,7 @@ kj::Promise<void> bounded_listener::listen(kj::ConnectionReceiver& listener) {
             }
             ++open_;
             auto closed = kj::defer([this] { --open_; });
-            tasks_.add(serve_(kj::mv(stream)).attach(kj::mv(closed)));
+            tasks_.add(kj::evalNow([&] { return serve_(kj::mv(stream)); }).attach(kj::mv(closed)));
             return kj::READY_NOW;
           },
           [this](kj::Exception&& e) -> kj::Promise<void> {

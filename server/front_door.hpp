@@ -93,7 +93,9 @@ class front_door {
   virtual kj::Promise<outcome<actors::admin_result>> admin(actors::admin_request req) = 0;
 
   /// Renders a chat (a JSON array of messages; `tools` null or an array) with `model`'s chat
-  /// template ("" = the default model). Message contents stay text: special tokens are parsed only
+  /// template ("" = the default model). Both come from a client and nest at most max_json_depth
+  /// levels (server/openai_request.hpp; doors check before parsing): rendering copies and dumps
+  /// them recursively on the loop's thread. Message contents stay text: special tokens are parsed only
   /// in the template's own text. Throws shoal::error: not_found (unknown model), unsupported (no
   /// template, or no model paths), invalid_argument (bad messages, or contents holding special-token
   /// strings where the template transforms contents), out_of_range (too long).

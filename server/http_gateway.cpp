@@ -118,11 +118,21 @@ const char* bad_length_message = "the Content-Length header must be one decimal 
 // ---- one HTTP request, as it goes through the door
 
 struct exchange {
+  explicit exchange(door_telemetry& t) : telemetry(t) {}
+  // kj-http drops a request whose client hangs up (its connection's whenWriteDisconnected), with
+  // no word to the service: one dropped before it was over is a client that went away.
+  ~exchange() {
+    if (!over && !gone_counted) telemetry.client_gone("http", read ? "response" : "request", caller.client_address);
+  }
+
+  door_telemetry& telemetry;
   door_caller caller;      // the key (until the router has it), the peer, the API method
   std::string model;       // as the client named it, once known
   bool audited = false;    // its audit record is written (or the router writes it)
+  bool read = false;       // the request is all in (its body read, or it has none)
   bool responded = false;  // the status line went out
   bool gone_counted = false;
+  bool over = false;       // the service's promise settled (answered, failed, or counted as gone)
 };
 
 // The body as read: the text, or why there is none.
@@ -183,7 +193,7 @@ class openai_service final : public kj::HttpService {
 
   kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders& headers,
                             kj::AsyncInputStream& body, Response& response) override {
-    auto x = kj::heap<exchange>();
+    auto x = kj::heap<exchange>(door_.telemetry());
     auto& ex = *x;
     std::string path(url.cStr());
     path = path.substr(0, path.find('?'));
@@ -207,7 +217,11 @@ class openai_service final : public kj::HttpService {
       done = internal(response, ex, e.what());
     }
     return done
-        .catch_([this, &response, &ex](kj::Exception&& e) -> kj::Promise<void> {
+        .then([&ex]() -> kj::Promise<void> {
+          ex.over = true;
+          return kj::READY_NOW;
+        }, [this, &response, &ex](kj::Exception&& e) -> kj::Promise<void> {
+          ex.over = true;
           if (e.getType() == kj::Exception::Type::DISCONNECTED) {
             if (!ex.gone_counted) door_.telemetry().client_gone("http", "response", peer_);
             ex.gone_counted = true;
@@ -229,8 +243,15 @@ class openai_service final : public kj::HttpService {
         throw request_error{401, "authentication_error", "invalid_api_key",
                             "the Authorization header must be 'Bearer YOUR_API_KEY'", "", "unauthenticated"};
       }
-      ex.caller.api_key = h.substr(7);
-      while (!ex.caller.api_key.empty() && ex.caller.api_key.front() == ' ') ex.caller.api_key.erase(0, 1);
+      // The key without the whitespace around it (spaces or tabs, HTTP's OWS).
+      const auto first = h.find_first_not_of(" \t", 7);
+      ex.caller.api_key = first == std::string::npos ? "" : h.substr(first, h.find_last_not_of(" \t") + 1 - first);
+      // A key header that is given is a claim to be someone: an empty key is an invalid key, not
+      // a request without one (which would run as anonymous).
+      if (ex.caller.api_key.empty()) {
+        throw request_error{401, "authentication_error", "invalid_api_key",
+                            "the Authorization header carries an empty API key", "", "unauthenticated"};
+      }
     }
     const bool generation = ex.caller.operation == "generate";
     // Generations always ask (a cluster that requires keys refuses one without); other endpoints
@@ -263,6 +284,7 @@ class openai_service final : public kj::HttpService {
       if (!valid_length(*length, declared)) throw bad_request(bad_length_message, "", "invalid_request");
       has_length = true;
     }
+    ex.read = path != "/v1/completions" && path != "/v1/chat/completions";  // the others read no body
     if (path == "/livez") {
       if (method != kj::HttpMethod::GET && method != kj::HttpMethod::HEAD) throw not_allowed("GET");
       // Answered by this loop alone: it shows the process and its event loop are alive.
@@ -312,6 +334,7 @@ class openai_service final : public kj::HttpService {
                                           : "the body does not match its Content-Length",
                                   "", "invalid_request");
               case body_read::how::ok:
+                ex.read = true;
                 break;
             }
             return generate(response, ex, std::move(b.text), chat);
@@ -375,11 +398,21 @@ class openai_service final : public kj::HttpService {
       r.caller = ex.caller;
       r.model = ex.model;
       r.error_code = e.errc.empty() ? "invalid_argument" : e.errc;
-      r.error_message = e.message;
+      r.error_message = e.message;  // the router masks it before it is stored
       door_.refused(std::move(r));
     }
     log::debug("http: {} {}: {} {}", peer_, ex.caller.api_method, e.status, door_.telemetry().for_log(e.message));
-    return send(response, ex, e.status, error_body(e));
+    const auto shown = for_client(ex, e);
+    return send(response, ex, shown.status, error_body(shown));
+  }
+
+  /// `e` as the client may see it: a failure of ours (500) says "internal error" and no more (its
+  /// text can name files, peers, a library's words); what happened goes to the node log, masked.
+  request_error for_client(const exchange& ex, request_error e) const {
+    if (e.status != 500) return e;
+    log::error("http: {} {}: {}: {}", peer_, ex.caller.api_method, e.errc, door_.telemetry().for_log(e.message));
+    e.message = "internal error";
+    return e;
   }
 
   // A failure of this door's own code: logged (masked: descriptions can quote the client), and
@@ -506,8 +539,7 @@ class openai_service final : public kj::HttpService {
           for (const auto& r : results) {
             if (!r.accepted) {
               for (auto k : j.keys) door_.abandon(k);
-              return send(response, ex, from_errc(r.error_code, r.error_message).status,
-                          error_body(from_errc(r.error_code, r.error_message)));
+              return refuse(response, ex, from_errc(r.error_code, r.error_message));  // audited by the router
             }
           }
           return j.request.stream ? stream(response, ex, j) : collect(response, ex, j);
@@ -542,10 +574,7 @@ class openai_service final : public kj::HttpService {
     for (std::size_t i = 0; i < j.keys.size(); ++i) all.add(collect_one(j, i));
     return kj::joinPromises(all.releaseAsArray()).then([this, &response, &ex, &j]() {
       for (const auto& s : j.summaries) {
-        if (s.finish_reason == "error") {
-          const auto e = from_errc(s.error_code, s.error_message);
-          return send(response, ex, e.status, error_body(e));
-        }
+        if (s.finish_reason == "error") return refuse(response, ex, from_errc(s.error_code, s.error_message));
       }
       json choices = json::array();
       for (std::size_t i = 0; i < j.summaries.size(); ++i) {
@@ -577,8 +606,8 @@ class openai_service final : public kj::HttpService {
                 {"choices", json::array({std::move(choice)})}};
   }
 
-  kj::Promise<void> stream_one(job& j, sse_writer& w, std::size_t i) {
-    return door_.next(j.keys[i]).then([this, &j, &w, i](pulled p) -> kj::Promise<void> {
+  kj::Promise<void> stream_one(const exchange& ex, job& j, sse_writer& w, std::size_t i) {
+    return door_.next(j.keys[i]).then([this, &ex, &j, &w, i](pulled p) -> kj::Promise<void> {
       std::string events;
       std::string text;
       for (const auto& c : p.chunks) text += c.text;
@@ -600,7 +629,7 @@ class openai_service final : public kj::HttpService {
         j.summaries[i] = *p.summary;
         if (p.summary->finish_reason == "error") {
           // Headers are gone already: the error travels as an event, as vLLM sends it.
-          events += sse_writer::event(error_body(from_errc(p.summary->error_code, p.summary->error_message)));
+          events += sse_writer::event(error_body(for_client(ex, from_errc(p.summary->error_code, p.summary->error_message))));
         } else {
           json c = {{"index", i}};
           if (j.request.chat) c["delta"] = json::object();
@@ -612,7 +641,7 @@ class openai_service final : public kj::HttpService {
       }
       auto write = events.empty() ? kj::Promise<void>(kj::READY_NOW) : w.write(events);
       if (p.summary) return write;
-      return write.then([this, &j, &w, i] { return stream_one(j, w, i); });
+      return write.then([this, &ex, &j, &w, i] { return stream_one(ex, j, w, i); });
     });
   }
 
@@ -625,7 +654,7 @@ class openai_service final : public kj::HttpService {
     auto& w = *writer;
     kj::Vector<kj::Promise<void>> all;
     for (std::size_t i = 0; i < j.keys.size(); ++i) {
-      all.add(stream_one(j, w, i).catch_([this, &j](kj::Exception&& e) -> kj::Promise<void> {
+      all.add(stream_one(ex, j, w, i).catch_([this, &j](kj::Exception&& e) -> kj::Promise<void> {
         // The client went away (a write failed): stop every choice now, not at its next token.
         for (auto k : j.keys) door_.abandon(k);
         return kj::mv(e);

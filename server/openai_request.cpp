@@ -59,13 +59,7 @@ std::string openai_finish(const std::string& reason) {
   return reason;
 }
 
-namespace {
-
-// Nesting deeper than this is refused before parsing: a body of 4 MiB of '[' would otherwise make a
-// tree whose destruction recurses that deep.
-constexpr int kMaxJsonDepth = 64;
-
-bool too_deep(std::string_view s) {
+bool json_too_deep(std::string_view s) {
   int depth = 0;
   bool in_string = false, escaped = false;
   for (char c : s) {
@@ -77,13 +71,17 @@ bool too_deep(std::string_view s) {
     }
     if (c == '"') in_string = true;
     else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) return true;
+      if (++depth > max_json_depth) return true;
     } else if (c == ']' || c == '}') {
       --depth;
     }
   }
   return false;
 }
+
+bool internal_failure(const std::string& errc) { return from_errc(errc, "").status == 500; }
+
+namespace {
 
 request_error unsupported(const std::string& what, const std::string& param) {
   return request_error{400, "invalid_request_error", "unsupported", what + " is not supported by this server", param,
@@ -217,8 +215,8 @@ json chat_messages(const json& body) {
 }  // namespace
 
 openai_request parse_openai_request(std::string_view text, bool chat, const door_options& o) {
-  if (too_deep(text)) {
-    throw bad_request("the JSON body nests deeper than " + std::to_string(kMaxJsonDepth) + " levels", "",
+  if (json_too_deep(text)) {
+    throw bad_request("the JSON body nests deeper than " + std::to_string(max_json_depth) + " levels", "",
                       "invalid_json");
   }
   json body;

@@ -67,4 +67,18 @@ std::vector<actors::generate_request> choices(const openai_request& r, const ren
 /// What finish_reason OpenAI clients expect: stop (a stop string or EOS) or length.
 std::string openai_finish(const std::string& reason);
 
+/// How deep JSON from a client may nest (HTTP bodies, RPC chat's messagesJson and toolsJson).
+/// nlohmann parses any depth without recursing, but copying, rendering and dumping the tree
+/// recurse once per level: a few hundred KB of '[' overflow the event loop thread's stack.
+inline constexpr int max_json_depth = 64;
+
+/// Whether `text` (JSON, valid or not) opens more than max_json_depth arrays or objects at once;
+/// a linear scan that looks at no value, to run before parsing.
+bool json_too_deep(std::string_view text);
+
+/// Whether a door answers an error with this errc as a failure of its own (HTTP 500: internal,
+/// corrupt_file, cancelled, or a code it does not know): the client then gets "internal error"
+/// only, and what happened goes to the node log, masked.
+bool internal_failure(const std::string& errc);
+
 }  // namespace shoal::server

@@ -16,6 +16,7 @@
 #include "schemas/shoal.capnp.h"
 #include "server/connection_limit.hpp"
 #include "server/http_gateway.hpp"
+#include "server/openai_request.hpp"
 #include "telemetry/log.hpp"
 
 namespace shoal::server {
@@ -29,11 +30,12 @@ using actors::submit_result;
 std::string str(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
 capnp::Text::Reader text(const std::string& s) { return capnp::Text::Reader(s.data(), s.size()); }
 
-void fill_summary(rpc::Summary::Builder out, const generation_summary& s) {
+// `message` is what the client is told about the summary's error (see shoal_impl::shown).
+void fill_summary(rpc::Summary::Builder out, const generation_summary& s, const std::string& message) {
   out.setRequestId(text(s.id));
   out.setFinishReason(text(s.finish_reason));
   out.setErrorCode(text(s.error_code));
-  out.setErrorMessage(text(s.error_message));
+  out.setErrorMessage(text(message));
   out.setPromptTokens(s.prompt_tokens);
   out.setCompletionTokens(s.completion_tokens);
   out.setQueueSeconds(s.queue_seconds);
@@ -41,11 +43,6 @@ void fill_summary(rpc::Summary::Builder out, const generation_summary& s) {
   out.setTotalSeconds(s.total_seconds);
   out.setReplica(text(s.replica));
   out.setCached(s.cached);
-}
-
-void set_error(rpc::Error::Builder e, const std::string& code, const std::string& message) {
-  e.setCode(text(code));
-  e.setMessage(text(message));
 }
 
 // Fails an RPC call with `message` as the client sees it (no kj source location or variables).
@@ -134,13 +131,13 @@ class shoal_impl final : public rpc::Shoal::Server {
             }
             auto got = kj::heap<collected>();
             auto& c = *got;
-            return collect(key, c).then([ctx, &c]() mutable {
+            return collect(key, c).then([this, ctx, &c]() mutable {
               auto out = ctx.getResults().initCompletion();
               out.setRequestId(text(c.summary.id));
               auto ids = out.initTokenIds(static_cast<unsigned>(c.ids.size()));
               for (unsigned i = 0; i < c.ids.size(); ++i) ids.set(i, c.ids[i]);
               out.setText(text(c.text));
-              fill_summary(out.initSummary(), c.summary);
+              fill_summary(out.initSummary(), c.summary, shown(c.summary.error_code, c.summary.error_message));
             }).attach(kj::mv(got));
           })
           .attach(kj::mv(guard));
@@ -161,7 +158,7 @@ class shoal_impl final : public rpc::Shoal::Server {
       set_error(ctx.getResults().initError(), to_string(errc::out_of_range), too_long(t.text.size()));
       return kj::READY_NOW;
     }
-    return door_.tokenize(std::move(t)).then([ctx](outcome<std::vector<std::int32_t>> o) mutable {
+    return door_.tokenize(std::move(t)).then([this, ctx](outcome<std::vector<std::int32_t>> o) mutable {
       auto res = ctx.getResults();
       if (!o.value) return set_error(res.initError(), o.code, o.message);
       auto ids = res.initIds(static_cast<unsigned>(o.value->size()));
@@ -205,7 +202,7 @@ class shoal_impl final : public rpc::Shoal::Server {
     a.limit = r.getLimit();
     a.api_method = "rpc.admin";
     a.client_address = peer_;
-    return door_.admin(std::move(a)).then([ctx](outcome<actors::admin_result> o) mutable {
+    return door_.admin(std::move(a)).then([this, ctx](outcome<actors::admin_result> o) mutable {
       auto res = ctx.getResults();
       if (!o.value) return set_error(res.initError(), o.code, o.message);
       if (!o.value->ok) return set_error(res.initError(), o.value->error_code, o.value->error_message);
@@ -256,15 +253,39 @@ class shoal_impl final : public rpc::Shoal::Server {
     c.client_address = peer_;
     c.api_method = method;
     c.operation = "generate";
-    return door_.authenticate(std::move(c)).then([](outcome<actors::auth_result> a) -> std::optional<refusal> {
-      if (!a.value) return refuse(errc::unavailable, "the router did not answer: " + a.message);
+    return door_.authenticate(c).then([this, c](outcome<actors::auth_result> a) -> std::optional<refusal> {
+      if (!a.value) {
+        // The router wrote no record of this one: the door does (as the HTTP door does), so that
+        // every refused request has one.
+        auto r = refuse(errc::unavailable, "the router did not answer: " + a.message);
+        actors::door_refusal d;
+        d.caller = c;
+        d.error_code = r.code;
+        d.error_message = r.message;
+        door_.refused(std::move(d));
+        return r;
+      }
       if (!a.value->ok) return refusal{a.value->error_code, a.value->error_message};  // audited there
       return std::nullopt;
     });
   }
 
+  // What the client is told about an error: for a failure of ours (one the HTTP door answers 500:
+  // internal, corrupt_file, ...) the code and "internal error" only, as on HTTP (its text can name
+  // files, peers, a library's words); what happened goes to the node log, masked.
+  std::string shown(const std::string& code, const std::string& message) const {
+    if (code.empty() || !internal_failure(code)) return message;
+    log::error("rpc: {}: {}: {}", peer_, code, door_.telemetry().for_log(message));
+    return "internal error";
+  }
+
+  void set_error(rpc::Error::Builder e, const std::string& code, const std::string& message) const {
+    e.setCode(text(code));
+    e.setMessage(text(shown(code, message)));
+  }
+
   template <class Context>
-  static kj::Promise<void> answer(Context& ctx, const refusal& r) {
+  kj::Promise<void> answer(Context& ctx, const refusal& r) {
     set_error(ctx.getResults().initError(), r.code, r.message);
     return kj::READY_NOW;
   }
@@ -341,9 +362,9 @@ class shoal_impl final : public rpc::Shoal::Server {
         sent = req.send();
       }
       if (p.summary) {
-        return sent.then([sink, s = *p.summary]() mutable {
+        return sent.then([sink, s = *p.summary, message = shown(p.summary->error_code, p.summary->error_message)]() mutable {
           auto req = sink.doneRequest();
-          fill_summary(req.initSummary(), s);
+          fill_summary(req.initSummary(), s, message);
           return req.send().ignoreResult();
         });
       }
@@ -427,6 +448,22 @@ class shoal_impl final : public rpc::Shoal::Server {
   // Renders the chat with the model's template into req.prompt (BOS comes from the template);
   // only the template's own text may hold special tokens.
   std::optional<refusal> render(rpc::ChatRequest::Reader chat, generate_request& req) {
+    // Both JSON fields are checked before they are parsed, as the HTTP door checks its body:
+    // within the prompt's byte limit (rendering a chat costs what its text does), and nested no
+    // deeper than max_json_depth (the renderer copies and dumps the tree recursively, on the event
+    // loop's thread that both doors share).
+    const auto limit = static_cast<std::size_t>(door_.options().max_prompt_bytes);
+    for (const auto& [field, value] : {std::pair{"messagesJson", chat.getMessagesJson()},
+                                       std::pair{"toolsJson", chat.getToolsJson()}}) {
+      if (value.size() > limit) {
+        return refuse(errc::out_of_range, std::string(field) + " is " + std::to_string(value.size()) +
+                                              " bytes; this gateway accepts at most " + std::to_string(limit));
+      }
+      if (json_too_deep(std::string_view(value.begin(), value.size()))) {
+        return refuse(errc::invalid_argument,
+                      std::string(field) + " nests deeper than " + std::to_string(max_json_depth) + " levels");
+      }
+    }
     try {
       nlohmann::ordered_json messages = nlohmann::ordered_json::array();
       nlohmann::ordered_json tools = nullptr;
@@ -434,6 +471,12 @@ class shoal_impl final : public rpc::Shoal::Server {
         messages = nlohmann::ordered_json::parse(str(chat.getMessagesJson()));
         if (!messages.is_array()) return refuse(errc::invalid_argument, "messagesJson must be a JSON array");
       } else {
+        std::size_t bytes = 0;
+        for (auto m : chat.getMessages()) bytes += m.getRole().size() + m.getContent().size();
+        if (bytes > limit) {
+          return refuse(errc::out_of_range, "the messages are " + std::to_string(bytes) +
+                                                " bytes; this gateway accepts at most " + std::to_string(limit));
+        }
         for (auto m : chat.getMessages()) {
           messages.push_back({{"role", str(m.getRole())}, {"content", str(m.getContent())}});
         }

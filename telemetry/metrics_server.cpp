@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <future>
+#include <string>
+#include <string_view>
 #include <thread>
 
 #include "telemetry/metrics.hpp"
@@ -14,6 +16,19 @@
 namespace shoal::telemetry {
 
 namespace {
+
+// What a failure says, fit for the node log: kj's own words only (the text before its first "; ",
+// after which kj lists variables, request bytes among them, or a line break and a trace), cut
+// short. The metrics port reads no request bodies, so that leaves nothing a client wrote; this
+// library sits below the PII masker (governance/), which the doors' logs go through as well.
+std::string kj_words(std::string_view t, std::size_t max = 160) {
+  t = t.substr(0, t.find('\n'));
+  t = t.substr(0, t.find("; "));
+  if (t.size() <= max) return std::string(t);
+  std::size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(t[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(t.substr(0, cut)) + "... (" + std::to_string(t.size()) + " bytes)";
+}
 
 class metrics_service final : public kj::HttpService {
  public:
@@ -174,9 +189,11 @@ class metrics_server_impl final : public metrics_server {
       try {
         throw;
       } catch (const kj::Exception& e) {
-        log::error("metrics: event loop failed: {}", e.getDescription().cStr());
+        log::error("metrics: event loop failed: {}", kj_words(e.getDescription().cStr()));
       } catch (const std::exception& e) {
-        log::error("metrics: event loop failed: {}", e.what());
+        log::error("metrics: event loop failed: {}", kj_words(e.what()));
+      } catch (...) {
+        log::error("metrics: event loop failed (an exception of no known type)");
       }
     }
   }

@@ -231,4 +231,32 @@ BOOST_AUTO_TEST_CASE(router_refusals_map_to_openai_errors) {
   BOOST_TEST(shoal::server::error_body(shoal::server::bad_request("bad"))["error"]["param"].is_null());
 }
 
+// The same bound guards RPC chat's messagesJson and toolsJson, checked before they are parsed.
+BOOST_AUTO_TEST_CASE(json_depth_is_judged_before_parsing) {
+  using shoal::server::json_too_deep;
+  using shoal::server::max_json_depth;
+  const auto open = [](int n, char c = '[') { return std::string(static_cast<std::size_t>(n), c); };
+  BOOST_TEST(!json_too_deep(open(max_json_depth) + open(max_json_depth, ']')));
+  BOOST_TEST(json_too_deep(open(max_json_depth + 1) + open(max_json_depth + 1, ']')));
+  BOOST_TEST(json_too_deep(open(max_json_depth / 2, '{') + open(max_json_depth / 2 + 1)));  // both kinds count
+  BOOST_TEST(json_too_deep(open(100000)));  // unbalanced counts too
+  // Brackets inside strings are text; an escaped quote does not end the string.
+  BOOST_TEST(!json_too_deep("[\"" + open(100) + "\\\"" + open(100, '{') + "\"]"));
+  // Depth is how many are open at once, not how many there are.
+  std::string wide = "[";
+  for (int i = 0; i < 10000; ++i) wide += "[[{}]],";
+  BOOST_TEST(!json_too_deep(wide + "1]"));
+}
+
+// What the doors answer with "internal error" only: what the HTTP door answers 500.
+BOOST_AUTO_TEST_CASE(internal_failures_are_the_500s) {
+  for (const char* code : {"internal", "corrupt_file", "cancelled", "no_such_code", ""}) {
+    BOOST_TEST(shoal::server::internal_failure(code), code);
+  }
+  for (const char* code : {"invalid_argument", "not_found", "unsupported", "out_of_range", "unavailable", "overloaded",
+                           "unauthenticated", "forbidden", "rate_limited"}) {
+    BOOST_TEST(!shoal::server::internal_failure(code), code);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
