@@ -520,8 +520,11 @@ sink_actor::behavior_type bridge(sink_actor::pointer self, std::shared_ptr<inbox
       .then(
           [=](submit_result& r) {
             const bool accepted = r.accepted;
-            if (!box->post([=] { loop->on_submit(key, r); })) return orphaned();
+            const bool delivered = box->post([=] { loop->on_submit(key, r); });
+            // A refused request runs nowhere: nothing to cancel (and a cancel by its id could reach
+            // another request that holds the id, which is why this one was refused).
             if (!accepted) return self->quit();
+            if (!delivered) return orphaned();
             // The answer comes from the replica's batcher: should it stop before the summary,
             // the client gets an error instead of waiting forever.
             if (self->current_sender()) self->monitor(self->current_sender());
