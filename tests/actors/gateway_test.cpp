@@ -754,7 +754,7 @@ scripted_router_actor::behavior_type scripted_router(scripted_ptr self, std::sha
       [=](tokenize_atom, const tokenize_request&) { return std::vector<std::int32_t>{1, 2, 3}; },
       [=](stats_atom, const replica_stats&) {},
       [=](ready_atom, const std::string&, const batcher_actor&) {},
-      [=](finished_atom, const std::string&, const std::string&, std::int32_t) {},
+      [=](finished_atom, const std::string&, const std::string&, const std::string&, std::int32_t) {},
       [=](admin_atom, const admin_request&) -> caf::result<admin_result> {
         auto rp = self->make_response_promise<admin_result>();
         std::lock_guard lock(script->mutex);
