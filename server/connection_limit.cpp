@@ -49,4 +49,11 @@ void bounded_listener::taskFailed(kj::Exception&& e) {
              e.getType() == kj::Exception::Type::DISCONNECTED ? "with the client disconnecting" : "in an error");
 }
 
+kj::Promise<void> close_after_answer(kj::AsyncIoStream& stream) {
+  stream.shutdownWrite();
+  auto sink = kj::heapArray<kj::byte>(4096);
+  auto read = stream.tryRead(sink.begin(), 1, sink.size());
+  return read.ignoreResult().attach(kj::mv(sink));
+}
+
 }  // namespace shoal::server

@@ -11,6 +11,11 @@
 
 namespace shoal::server {
 
+/// Ends our side of a refused connection after its last word was written: shuts down writing, then
+/// reads what the client still sends until it closes, so the close is not a reset that loses the
+/// answer on its way.
+kj::Promise<void> close_after_answer(kj::AsyncIoStream& stream);
+
 class bounded_listener final : public kj::TaskSet::ErrorHandler {
  public:
   /// Serves one connection; the promise resolves (or fails) when the connection is over.

@@ -812,13 +812,7 @@ class http_gateway_impl final : public http_gateway {
                                std::to_string(body.size()) + "\r\n\r\n" + body;
     auto text = kj::heapString(answer.data(), answer.size());
     auto write = stream.write(text.begin(), text.size()).attach(kj::mv(text));
-    return write.then([&stream] {
-      stream.shutdownWrite();
-      // Read what the client sends meanwhile, so the close is not a reset that loses the answer.
-      auto sink = kj::heapArray<kj::byte>(4096);
-      auto read = stream.tryRead(sink.begin(), 1, sink.size());
-      return read.ignoreResult().attach(kj::mv(sink));
-    });
+    return write.then([&stream] { return close_after_answer(stream); });
   }
 
   front_door& door_;

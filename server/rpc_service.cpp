@@ -563,12 +563,7 @@ class rpc_door_impl final : public rpc_door {
     abort.setReason(text(reason));
     abort.setType(capnp::rpc::Exception::Type::OVERLOADED);
     auto write = capnp::writeMessage(stream, *message).attach(kj::mv(message));
-    return write.then([&stream] {
-      stream.shutdownWrite();
-      auto sink = kj::heapArray<kj::byte>(4096);
-      auto read = stream.tryRead(sink.begin(), 1, sink.size());
-      return read.ignoreResult().attach(kj::mv(sink));
-    });
+    return write.then([&stream] { return close_after_answer(stream); });
   }
 
   front_door& door_;
