@@ -4,8 +4,9 @@
 
 #include <memory>
 
-#include "governance/audit_log.hpp"
+#include "actors/errors.hpp"
 #include "engine/common/error.hpp"
+#include "governance/audit_log.hpp"
 
 namespace shoal::actors {
 
@@ -20,13 +21,16 @@ nlohmann::json parse_object(const std::string& text, const char* what) {
   return j;
 }
 
-// A failed write or a bad record is an error answer to the one caller, never the auditor's end.
+// A failed write or a bad record is an error answer to the one caller, never the auditor's end;
+// it keeps its code (a bad filter is invalid_argument, a failed write whatever the store said).
 template <class T, class F>
 caf::result<T> guarded(F&& f) {
   try {
     return f();
+  } catch (const error& e) {
+    return make_error(e.code(), std::string("audit store: ") + e.what());
   } catch (const std::exception& e) {
-    return caf::make_error(caf::sec::runtime_error, std::string("audit store: ") + e.what());
+    return make_error(errc::internal, std::string("audit store: ") + e.what());
   }
 }
 

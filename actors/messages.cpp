@@ -3,13 +3,15 @@
 #include "actors/auditor.hpp"
 #include "actors/batcher.hpp"
 #include "actors/cache.hpp"
+#include "actors/errors.hpp"
 #include "actors/node_manager.hpp"
 #include "actors/shard_worker.hpp"
 
 namespace shoal::actors {
 
 void register_message_types(caf::actor_system_config& cfg) {
-  cfg.add_message_type<sampling_spec>("shoal::sampling_spec");
+  add_error_category(cfg);
+  cfg.add_message_type<sampling_params>("shoal::sampling_params");
   cfg.add_message_type<token_chunk>("shoal::token_chunk");
   cfg.add_message_type<generation_summary>("shoal::generation_summary");
   cfg.add_message_type<sink_actor>("shoal::sink_actor");
@@ -21,6 +23,9 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<cluster_status>("shoal::cluster_status");
   cfg.add_message_type<admin_request>("shoal::admin_request");
   cfg.add_message_type<admin_result>("shoal::admin_result");
+  cfg.add_message_type<door_caller>("shoal::door_caller");
+  cfg.add_message_type<auth_result>("shoal::auth_result");
+  cfg.add_message_type<door_refusal>("shoal::door_refusal");
   cfg.add_message_type<shard_setup>("shoal::shard_setup");
   cfg.add_message_type<seq_setup>("shoal::seq_setup");
   cfg.add_message_type<std::vector<seq_setup>>("std::vector<shoal::seq_setup>");

@@ -5,10 +5,16 @@
 //
 // The router's mailbox is a supported API for internal services: send it
 //   (generate_atom, generate_request)  -> submit_result, then token_chunk* and one generation_summary
-//                                         arrive at request.sink
-//   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled"
+//                                         arrive at request.sink; an id already in flight is
+//                                         refused (invalid_argument)
+//   (cancel_atom, std::string id)      -> the request ends with finish_reason "cancelled" (before it
+//                                         reached a replica: its submit_result is refused, cancelled)
 //   (status_atom)                      -> cluster_status
 //   (tokenize_atom, tokenize_request)  -> std::vector<int32_t>
+//   (authn_atom, door_caller)          -> auth_result (a refusal is audited)
+//   (refused_atom, door_refusal)       -> audits a request a front door refused
+// Refusals name an errc (submit_result::error_code, generation_summary::error_code); answers that
+// fail are caf::errors carrying an errc (actors/errors.hpp: read_error() gives the code back).
 // See actors/router.hpp.
 
 #include <caf/all.hpp>
@@ -16,6 +22,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "engine/sampling/sampler.hpp"
 
 namespace shoal::actors {
 
@@ -46,25 +54,33 @@ using blocks_atom = caf::atom_constant<caf::atom("blocks")>;
 using admin_atom = caf::atom_constant<caf::atom("admin")>;
 using nccl_id_atom = caf::atom_constant<caf::atom("ncclid")>;
 using nccl_join_atom = caf::atom_constant<caf::atom("nccljoin")>;
+using restart_atom = caf::atom_constant<caf::atom("restart")>;
+// Front doors: check a caller's key before anything else; audit what a door refuses itself.
+using authn_atom = caf::atom_constant<caf::atom("authn")>;
+using refused_atom = caf::atom_constant<caf::atom("refused")>;
 
-/// Sampling parameters as they travel (engine/sampling/sampler.hpp has the meaning of each).
-struct sampling_spec {
-  float temperature = 1.0f;
-  std::int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  bool has_seed = false;
-  std::uint64_t seed = 0;
-};
+}  // namespace shoal::actors
 
+namespace shoal {
+
+/// engine/sampling's parameters as they travel (found by argument-dependent lookup, so it lives in
+/// the type's namespace). The seed goes as a flag and a value, read back into the optional.
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, sampling_spec& x) {
-  return f(caf::meta::type_name("sampling_spec"), x.temperature, x.top_k, x.top_p, x.min_p,
-           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, x.has_seed, x.seed);
+typename Inspector::result_type inspect(Inspector& f, sampling_params& x) {
+  bool has_seed = x.seed.has_value();
+  std::uint64_t seed = x.seed.value_or(0);
+  auto load = caf::meta::load_callback([&]() -> caf::error {
+    if (has_seed) x.seed = seed;
+    else x.seed.reset();
+    return caf::none;
+  });
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_k, x.top_p, x.min_p,
+           x.repetition_penalty, x.presence_penalty, x.frequency_penalty, has_seed, seed, load);
 }
+
+}  // namespace shoal
+
+namespace shoal::actors {
 
 /// Newly generated tokens of one request, sent as soon as they are sampled.
 struct token_chunk {
@@ -107,14 +123,19 @@ typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
 using sink_actor = caf::typed_actor<caf::reacts_to<token_chunk>, caf::reacts_to<generation_summary>>;
 
 struct generate_request {
-  std::string id;                    // unique; the router assigns one when empty
+  std::string id;                    // unique while in flight; the router assigns one when empty
   std::string model;                 // served model name; "" = the cluster's default
   std::string kind = "generate";     // generate | score | embed: picks the replica pool
   std::string prompt;                // text, used when prompt_ids is empty
   std::vector<std::int32_t> prompt_ids;
   bool add_special = true;           // add BOS as the tokenizer says
-  bool parse_special = true;         // special-token strings in the prompt become tokens
-  sampling_spec sampling;
+  // Special-token strings in the prompt become tokens, where the caller's tenant allows it
+  // (tenant `special_tokens`); otherwise, and always with false, they are text.
+  bool parse_special = true;
+  // A chat: [begin, end) byte pairs of `prompt` that the chat template wrote. Special-token strings
+  // are tokens inside them only (whatever the tenant), so message contents stay text.
+  std::vector<std::int32_t> special_ranges;
+  sampling_params sampling;
   std::int32_t max_tokens = 128;
   bool ignore_eos = false;
   std::vector<std::string> stop;
@@ -134,7 +155,7 @@ struct generate_request {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.id, x.model, x.kind, x.prompt, x.prompt_ids,
-           x.add_special, x.parse_special, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
+           x.add_special, x.parse_special, x.special_ranges, x.sampling, x.max_tokens, x.ignore_eos, x.stop, x.stop_ids,
            x.priority, x.sink, x.api_key, x.client_address, x.api_method, x.tenant, x.principal, x.domain, x.no_cache);
 }
 
@@ -173,6 +194,9 @@ struct replica_stats {
   std::string kind;          // the request kind pool it serves
   bool healthy = false;
   std::string detail;        // why it is not healthy
+  caf::error error;          // the same as a code (actors/errors.hpp) while it cannot serve: unavailable
+                             // while it (re)starts, another code when it failed for good (a missing
+                             // tokenizer is not_found); none while healthy
   double kv_usage = 0;       // 0..1
   std::int32_t kv_blocks = 0;
   std::int32_t free_blocks = 0;
@@ -185,7 +209,7 @@ struct replica_stats {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, replica_stats& x) {
-  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.kv_usage,
+  return f(caf::meta::type_name("replica_stats"), x.name, x.model, x.kind, x.healthy, x.detail, x.error, x.kv_usage,
            x.kv_blocks, x.free_blocks, x.waiting, x.running, x.max_waiting, x.context_length, x.preemptions);
 }
 
@@ -263,7 +287,7 @@ typename Inspector::result_type inspect(Inspector& f, shard_setup& x) {
 struct seq_setup {
   std::string id;
   std::vector<std::int32_t> prompt;
-  sampling_spec sampling;
+  sampling_params sampling;
 };
 
 template <class Inspector>
@@ -298,18 +322,60 @@ typename Inspector::result_type inspect(Inspector& f, step_request& x) {
   return f(caf::meta::type_name("step_request"), x.step, x.added, x.dropped, x.items);
 }
 
+/// A step that failed on a rank answers with a caf::error instead (actors/errors.hpp).
 struct step_result {
   std::uint64_t step = 0;
   std::vector<std::int32_t> sampled;  // rank 0: one token per item with sample=true, in order
-  std::string error;                  // non-empty: the step failed on this rank
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_result& x) {
-  return f(caf::meta::type_name("step_result"), x.step, x.sampled, x.error);
+  return f(caf::meta::type_name("step_result"), x.step, x.sampled);
 }
 
-/// Registers every type above with an actor system config. Call on every node.
+/// Who is calling, as a front door saw it, for the router to check before the door does anything
+/// else with the request.
+struct door_caller {
+  std::string api_key;         // "" = none given
+  std::string client_address;
+  std::string api_method;      // e.g. http.completions, rpc.generate
+  std::string operation;       // what is asked, for the audit: generate | models | health | http
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, door_caller& x) {
+  return f(caf::meta::type_name("door_caller"), x.api_key, x.client_address, x.api_method, x.operation);
+}
+
+struct auth_result {
+  bool ok = false;
+  std::string error_code;  // unauthenticated | forbidden (a blocked principal)
+  std::string error_message;
+  std::string tenant;
+  std::string principal;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, auth_result& x) {
+  return f(caf::meta::type_name("auth_result"), x.ok, x.error_code, x.error_message, x.tenant, x.principal);
+}
+
+/// A request a front door refused itself (malformed, over a limit, an unknown model): the router
+/// writes its audit record, as it does for the requests it refuses.
+struct door_refusal {
+  door_caller caller;
+  std::string model;          // as the client named it ("" = none)
+  std::string error_code;     // errc name
+  std::string error_message;  // the router masks it (and the model) before it is stored
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, door_refusal& x) {
+  return f(caf::meta::type_name("door_refusal"), x.caller, x.model, x.error_code, x.error_message);
+}
+
+/// Registers every type above, and Shoal's error category (actors/errors.hpp), with an actor
+/// system config. Call on every node.
 void register_message_types(caf::actor_system_config& cfg);
 
 }  // namespace shoal::actors

@@ -5,11 +5,10 @@
 #include <prometheus/gauge.h>
 #include <signal.h>
 
-#include <atomic>
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "actors/batcher.hpp"
 #include "config/cluster_config.hpp"
@@ -32,57 +31,30 @@ using telemetry::start_metrics_server;
 
 namespace {
 
-// Resolves the node managers of a replica's ranks and spawns its batcher. Runs on its own thread
-// because remote_actor() blocks while a worker node is still starting.
-struct launched_batchers {
-  std::mutex mutex;
-  std::vector<batcher_actor> all;
-};
-
-void launch_replica(caf::actor_system& sys, const cluster_config& cfg, const replica_spec& spec,
-                    const std::string& self_name, node_manager_actor local_nm, router_actor router,
-                    std::shared_ptr<prometheus::Registry> registry, int timeout_s, launched_batchers& out,
-                    const std::atomic<bool>& stopping) {
+// A replica's batcher, with where each of its ranks runs. The batcher reaches the nodes itself
+// (again after one restarts), so nothing here waits for a worker node.
+batcher_actor launch_replica(caf::actor_system& sys, const cluster_config& cfg, const replica_spec& spec,
+                             const std::string& self_name, node_manager_actor local_nm, router_actor router,
+                             std::shared_ptr<prometheus::Registry> registry, int unreachable_after_s) {
   batcher_options bo;
   bo.replica = spec;
   bo.model = *cfg.find_model(spec.model);
   bo.router = router;
   bo.metrics = registry;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  bo.unreachable_after = std::chrono::seconds(unreachable_after_s);
   for (const auto& name : spec.tensor_parallel) {
     const auto& node = *cfg.find_node(name);
-    bo.node_hosts.push_back(node.host);
-    bo.node_threads.push_back(node.threads);
-    if (name == self_name) {
-      bo.nodes.push_back(local_nm);
-      continue;
-    }
-    for (;;) {
-      auto nm = sys.middleman().remote_actor<node_manager_actor>(node.host, static_cast<std::uint16_t>(node.port));
-      if (nm) {
-        bo.nodes.push_back(*nm);
-        break;
-      }
-      if (stopping) return;
-      if (std::chrono::steady_clock::now() > deadline) {
-        replica_stats s;
-        s.name = spec.name;
-        s.model = spec.model;
-        s.kind = spec.kind;
-        s.detail = "worker node '" + name + "' at " + node.host + ":" + std::to_string(node.port) + " is unreachable";
-        caf::anon_send(router, stats_atom::value, s);
-        log::error("replica {}: {}", spec.name, s.detail);
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
+    rank_node rn;
+    rn.name = node.name;
+    rn.host = node.host;
+    rn.port = static_cast<std::uint16_t>(node.port);
+    rn.threads = node.threads;
+    if (name == self_name) rn.local = local_nm;
+    bo.ranks.push_back(std::move(rn));
   }
   auto b = spawn_batcher(sys, std::move(bo));
-  {
-    std::lock_guard<std::mutex> lock(out.mutex);
-    out.all.push_back(b);
-  }
   caf::anon_send(router, ready_atom::value, spec.name, b);
+  return b;
 }
 
 }  // namespace
@@ -129,20 +101,16 @@ int run_node(const node_run_options& o) {
   std::unique_ptr<metrics_server> metrics;
   router_actor router;
   std::unique_ptr<gateway_server> gateway;
-  std::vector<std::thread> launchers;
-  launched_batchers batchers;
-  std::atomic<bool> stopping{false};
+  std::vector<batcher_actor> batchers;
   cache_actor cache;
   auditor_actor auditor;
   // The actor system's destructor waits for every actor: stop them all explicitly, on the way out
   // and when setting up fails (the batchers are not linked to the router, so one crashing does not
   // take the router down).
   auto shutdown = [&] {
-    stopping = true;
     if (gateway) gateway->stop();
     if (metrics) metrics->stop();
-    for (auto& t : launchers) t.join();
-    for (auto& b : batchers.all) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
+    for (auto& b : batchers) caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
     if (router) caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
     if (cache) caf::anon_send_exit(cache, caf::exit_reason::user_shutdown);
     if (auditor) caf::anon_send_exit(auditor, caf::exit_reason::user_shutdown);
@@ -190,8 +158,7 @@ int run_node(const node_run_options& o) {
       }
       router = spawn_router(sys, std::move(ro));
       for (const auto& spec : cfg.replicas) {
-        launchers.emplace_back(launch_replica, std::ref(sys), std::cref(cfg), spec, node->name, nm, router, registry,
-                               o.connect_timeout_s, std::ref(batchers), std::cref(stopping));
+        batchers.push_back(launch_replica(sys, cfg, spec, node->name, nm, router, registry, o.connect_timeout_s));
       }
       if (node->has_role("gateway")) {
         gateway_options go;
@@ -200,6 +167,15 @@ int run_node(const node_run_options& o) {
         for (const auto& m : cfg.models) go.models.emplace_back(m.name, m.path);
         go.http = node->http_port > 0;
         go.http_port = node->http_port;
+        go.body_timeout_ms = node->http_body_timeout_ms;
+        go.max_connections = node->max_connections;
+        // Longer than the router's own worst case for accepting a request (a cache lookup of up to
+        // 5 s, then up to submit_timeout_s for a batcher): a door that gave up first would answer
+        // 503 for a request that then runs.
+        go.submit_timeout_ms = static_cast<std::int32_t>(
+            std::min<std::int64_t>((5 + std::int64_t{cfg.router.submit_timeout_s} + 10) * 1000, INT32_MAX));
+        go.registry = registry;
+        go.pii = cfg.governance.pii;
         gateway = start_gateway(sys, router, go);
         log::info("Cap'n Proto RPC on {}:{}", node->host, gateway->port());
         if (go.http) log::info("OpenAI-compatible HTTP on http://{}:{}/v1", node->host, gateway->http_port());

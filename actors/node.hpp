@@ -11,7 +11,8 @@ struct node_run_options {
   std::string config_path;
   std::string node_name;
   std::string model_override;  // replaces every model path in the config (e.g. $SHOAL_MODEL)
-  int connect_timeout_s = 60;  // how long the router waits for worker nodes to come up
+  int connect_timeout_s = 60;  // a worker node unreachable this long is logged as an error (its replica keeps
+                               // trying to reach it: a node may start later). Default: 60
   std::string data_dir;        // answer cache and audit store (router node). Default: shoal-data/<node>
   std::string log_level;       // trace | debug | info | warn | error | off. Default: $SHOAL_LOG_LEVEL, else info
 };

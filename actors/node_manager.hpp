@@ -1,6 +1,7 @@
 #pragma once
 // Node manager: the actor every node publishes on its port. Batchers on other nodes ask it to spawn
-// shard workers here; `shoal up` and tests ask it who it is.
+// shard workers here; `shoal up` and tests ask it who it is. A shard worker lives as long as the
+// actor that asked for it: when that batcher (or its whole node) is gone, the worker is stopped.
 
 #include <caf/all.hpp>
 

@@ -1,37 +1,33 @@
 #include "actors/router.hpp"
-#include "telemetry/log.hpp"
 
 #include <prometheus/counter.h>
 
-#include <atomic>
 #include <chrono>
-#include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 
-#include "governance/alerts.hpp"
-#include "governance/answer_cache.hpp"
-#include "governance/audit_log.hpp"
+#include "actors/admin_operation.hpp"
+#include "actors/errors.hpp"
+#include "actors/request_tracker.hpp"
 #include "engine/common/error.hpp"
 #include "engine/model/model_info.hpp"
-#include "governance/pii.hpp"
+#include "governance/admission.hpp"
+#include "governance/answer_cache.hpp"
+#include "governance/audit_log.hpp"
+#include "telemetry/log.hpp"
 
 namespace shoal::actors {
 
-using governance::alert_engine;
-using governance::alert_trip;
-using governance::authenticator;
+using governance::admission_policy;
+using governance::block_event;
 using governance::cache_key;
 using governance::cache_key_fields;
-using governance::cached_answer;
 using governance::cached_answer_from_json;
 using governance::model_fingerprint;
 using governance::principal;
-using governance::rate_limiter;
+using governance::record_text;
 using governance::sha256_hex;
-using governance::to_json_text;
 using governance::utc_now_iso;
 
 namespace {
@@ -45,31 +41,29 @@ struct replica_entry {
   std::int64_t credit = 0;  // smooth weighted round robin
 };
 
+// A request from its admission until its tracker finishes (or it is refused on the way).
+struct flight {
+  bool routed = false;     // sent to a batcher (or answered from the cache): a cancel goes there
+  bool cancelled = false;  // a cancel came before it was routed: it is refused when it would be
+};
+
 struct router_state {
   router_options opts;
-  std::unique_ptr<authenticator> auth;
-  std::unique_ptr<rate_limiter> limiter;
-  std::shared_ptr<const governance::masker> masker;
-  std::unique_ptr<alert_engine> alerts;
-  std::map<std::string, std::string> blocked;        // "tenant/key id" -> why
+  std::unique_ptr<admission_policy> policy;           // who may do what (governance/admission.hpp)
   std::map<std::string, std::string> model_versions;  // model name -> weights fingerprint
   prometheus::Family<prometheus::Counter>* blocks_metric = nullptr;
   prometheus::Family<prometheus::Counter>* audit_failures = nullptr;
   std::vector<replica_entry> replicas;
   std::map<std::string, std::unique_ptr<tokenizer>> tokenizers;  // by model name, loaded lazily
   std::uint64_t next_id = 0;
+  // Requests in flight by id. A cancel is by id and reaches every batcher, and clients choose
+  // their ids: an id stays unique while its request runs, or one caller could cancel another's.
+  // Only the router's handlers touch it.
+  std::map<std::string, flight> flights;
   static inline const char* name = "router";
 };
 
 using self_ptr = router_actor::stateful_pointer<router_state>;
-
-using finish_listener = caf::typed_actor<caf::reacts_to<finished_atom, std::string, std::string, std::int32_t>>;
-
-// Clients choose request ids, model names and prompts: bytes that are not UTF-8 must not stop a
-// record from being written (nlohmann::json refuses to serialise them): they become U+FFFD.
-std::string text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-std::string principal_key(const principal& p) { return p.tenant + "/" + p.id; }
 
 std::string ids_text(const std::vector<std::int32_t>& ids) {
   std::string out;
@@ -77,7 +71,7 @@ std::string ids_text(const std::vector<std::int32_t>& ids) {
   return out;
 }
 
-json sampling_json(const sampling_spec& s) {
+json sampling_json(const sampling_params& s) {
   json j{{"temperature", s.temperature},
          {"top_k", s.top_k},
          {"top_p", s.top_p},
@@ -85,162 +79,61 @@ json sampling_json(const sampling_spec& s) {
          {"repetition_penalty", s.repetition_penalty},
          {"presence_penalty", s.presence_penalty},
          {"frequency_penalty", s.frequency_penalty}};
-  if (s.has_seed) j["seed"] = s.seed;
+  if (s.seed) j["seed"] = *s.seed;
   return j;
 }
 
-/// Everything a request's tracker needs to finish it: who and what for the audit record, and
-/// where its answer goes in the cache.
-struct request_context {
-  json record;                 // the audit record without outcome, end and output digest
-  bool store_text = false;     // the domain keeps the masked text in the audit log
-  std::string cache_key;       // "" = not cacheable
-  std::string tenant, who, domain;
-  bool encrypt = false;
-  std::shared_ptr<const governance::masker> masker;
-  auditor_actor auditor;
-  cache_actor cache;
-};
-
-struct tracker_state {
-  // Not an aggregate: CAF constructs a state from the actor pointer when it can, and C++20 would
-  // happily aggregate-initialise `done` from that pointer (to true).
-  tracker_state() = default;
-  bool done = false;
-  bool open = false;                 // the requester has had its submit_result
-  std::vector<token_chunk> held;     // chunks that overtook the submit_result
-  std::optional<generation_summary> held_summary;
-  std::vector<std::int32_t> ids;     // the answer so far (audit digest, cache value)
-  std::string text;
-};
-
-// Sits between a replica (or the cache) and the requester for one request: forwards every chunk,
-// and when the request ends (or its replica's batcher dies first) writes the audit record, fills
-// the cache, and forwards the summary only once the record is durable; then tells the router, so
-// limits are released once. Chunks come from the batcher while the accept travels back through the
-// router, so the tracker holds them until the router says the requester has its answer
-// (open_atom): a requester always sees accepted before its first token.
-caf::behavior tracker(caf::stateful_actor<tracker_state>* self, sink_actor client, finish_listener router,
-                      batcher_actor batcher, std::shared_ptr<request_context> ctx, std::string id) {
-  if (batcher) self->monitor(batcher);
-  auto finish = [=](generation_summary s) {
-    self->send(router, finished_atom::value, ctx->tenant, ctx->who, s.completion_tokens);
-    self->send(client, s);
-    self->quit();
-  };
-  auto end = [=](const generation_summary& s) {
-    if (self->state.done) return;
-    self->state.done = true;
-    auto& st = self->state;
-    const bool ok = s.finish_reason == "length" || s.finish_reason == "stop" || s.finish_reason == "eos";
-    std::string masked_out = st.text;
-    bool output_has_pii = false;
-    if (ctx->masker) {
-      auto m = ctx->masker->mask(st.text);
-      output_has_pii = !m.findings.empty();
-      masked_out = std::move(m.text);
-    }
-    // An answer that itself carries personal data is not kept: the cache must hold nothing a
-    // masked log would not.
-    if (ok && !s.cached && !ctx->cache_key.empty() && ctx->cache && !output_has_pii) {
-      cached_answer answer{st.ids, st.text, s.finish_reason, s.prompt_tokens, s.completion_tokens};
-      self->send(ctx->cache, store_atom::value, ctx->tenant, ctx->cache_key, ctx->domain, ctx->encrypt,
-                 to_json_text(answer));
-    }
-    if (!ctx->auditor) return finish(s);
-    json rec = ctx->record;
-    rec["when"]["end"] = utc_now_iso();
-    std::string status = s.cached ? "cached" : ok ? "ok" : s.finish_reason == "cancelled" ? "cancelled" : "error";
-    rec["outcome"] = json{{"status", status},
-                          {"finish_reason", s.finish_reason},
-                          {"error_code", s.error_code},
-                          {"prompt_tokens", s.prompt_tokens},
-                          {"completion_tokens", s.completion_tokens},
-                          {"replica", s.replica}};
-    rec["digests"]["output_sha256"] = sha256_hex(masked_out);
-    if (ctx->store_text) rec["text"]["output"] = masked_out;
-    self->request(ctx->auditor, std::chrono::seconds(30), audit_atom::value, text(rec))
-        .then([=](std::uint64_t) { finish(s); },
-              [=](caf::error& e) {
-                // The client must not believe a request was recorded when it was not.
-                generation_summary failed = s;
-                failed.finish_reason = "error";
-                failed.error_code = to_string(errc::unavailable);
-                failed.error_message = "the audit record could not be written: " + self->system().render(e);
-                finish(failed);
-              });
-  };
-  self->set_down_handler([=](const caf::down_msg& dm) {
-    generation_summary s;
-    s.id = id;
-    s.finish_reason = "error";
-    s.error_code = to_string(errc::unavailable);
-    s.error_message = "the replica serving the request stopped (" + self->system().render(dm.reason) + ")";
-    s.completion_tokens = static_cast<std::int32_t>(self->state.ids.size());
-    if (!self->state.open) {
-      self->state.held_summary = s;
-      return;
-    }
-    end(s);
-  });
-  auto forward = [=](token_chunk& c) {
-    self->state.ids.insert(self->state.ids.end(), c.ids.begin(), c.ids.end());
-    self->state.text += c.text;
-    self->send(client, std::move(c));
-  };
-  return {
-      [=](token_chunk& c) {
-        if (self->state.open) {
-          forward(c);
-        } else {
-          self->state.held.push_back(std::move(c));
-        }
-      },
-      [=](generation_summary& s) {
-        if (self->state.open) {
-          end(s);
-        } else {
-          self->state.held_summary = std::move(s);
-        }
-      },
-      [=](open_atom) {
-        self->state.open = true;
-        for (auto& c : self->state.held) forward(c);
-        self->state.held.clear();
-        if (self->state.held_summary) end(*self->state.held_summary);
-      },
-  };
-}
-
-submit_result refuse(const std::string& id, errc code, std::string message) {
+submit_result refuse(const std::string& id, const refusal& why) {
   submit_result r;
   r.id = id;
-  r.error_code = to_string(code);
-  r.error_message = std::move(message);
+  r.error_code = to_string(why.code);
+  r.error_message = why.message;
   return r;
 }
 
 std::string default_model(const router_state& st) { return st.opts.config.models.front().name; }
 
+// Why no replica of a pool can take a request. While a replica may still come back (starting,
+// restarting, or its stats not in yet) that is `unavailable`; when every replica of the pool
+// failed for good, their error (a missing tokenizer is not_found), so the client learns what is
+// actually wrong.
+refusal no_healthy_replica(const router_state& st, const std::string& model, const std::string& kind) {
+  refusal why{errc::unavailable, "no healthy replica of model '" + model + "' is available"};
+  std::optional<refusal> final_error;
+  for (const auto& r : st.replicas) {
+    if (r.spec.model != model || r.spec.kind != kind) continue;
+    if (!r.stats.error) return why;
+    auto e = read_error(r.stats.error, "replica " + r.spec.name);
+    if (e.code == errc::unavailable) return why;
+    if (!final_error) final_error = refusal{e.code, why.message + ": replica " + r.spec.name + ": " + e.message};
+  }
+  return final_error ? *final_error : why;
+}
+
 // Smooth weighted round robin (nginx's): every eligible replica gains its weight, the richest wins
 // and pays the total. Deterministic and spreads requests in proportion to weight.
-replica_entry* pick(router_state& st, const std::string& model, const std::string& kind, std::string& why) {
+replica_entry* pick(router_state& st, const std::string& model, const std::string& kind, refusal& why) {
   std::vector<replica_entry*> eligible;
   int healthy = 0, serving = 0;
   for (auto& r : st.replicas) {
     if (r.spec.model != model || r.spec.kind != kind) continue;
     ++serving;
-    if (!r.stats.healthy) continue;
+    if (!r.stats.healthy || !r.batcher) continue;
     ++healthy;
     if (r.stats.kv_usage > st.opts.config.router.kv_threshold) continue;
     if (r.stats.waiting >= r.stats.max_waiting) continue;
     eligible.push_back(&r);
   }
   if (eligible.empty()) {
-    if (serving == 0) why = "no replica serves model '" + model + "' for " + kind + " requests";
-    else if (healthy == 0) why = "no healthy replica of model '" + model + "' is available";
-    else why = "all replicas of model '" + model + "' are at capacity (KV cache above " +
-               std::to_string(static_cast<int>(st.opts.config.router.kv_threshold * 100)) + "% or queue full)";
+    if (serving == 0) {
+      why = {errc::unavailable, "no replica serves model '" + model + "' for " + kind + " requests"};
+    } else if (healthy == 0) {
+      why = no_healthy_replica(st, model, kind);
+    } else {
+      why = {errc::overloaded, "all replicas of model '" + model + "' are at capacity (KV cache above " +
+                                   std::to_string(static_cast<int>(st.opts.config.router.kv_threshold * 100)) +
+                                   "% or queue full)"};
+    }
     return nullptr;
   }
   std::int64_t total = 0;
@@ -254,315 +147,423 @@ replica_entry* pick(router_state& st, const std::string& model, const std::strin
   return best;
 }
 
-// The audit record's common part for a request or operation.
+// How much of a client-written name or id, and of a message, an audit record keeps: enough to
+// read it, not a place to store text.
+constexpr std::size_t field_bytes = 256;
+constexpr std::size_t message_bytes = 1024;
+
+// Client-written text as an audit record keeps it: masked with the policy's masker, then capped.
+// base_record and audit_async pass every client-derived field through here.
+std::string client_text(const router_state& st, std::string_view text, std::size_t max_bytes = field_bytes) {
+  return governance::mask_capped(*st.policy->pii_masker(), text, max_bytes);
+}
+
+// The audit record's common part for a request or operation. `op`, `request_id` and `model` may
+// be anything a client wrote.
 json base_record(const router_state& st, const std::string& kind, const std::string& op, const principal* who,
                  const std::string& request_id, const std::string& model, const std::string& client,
                  const std::string& method) {
   json rec;
   rec["kind"] = kind;
-  rec["request_id"] = request_id;
+  rec["request_id"] = client_text(st, request_id);
   if (who) {
     rec["who"] = json{{"tenant", who->tenant}, {"principal", who->id}, {"role", who->role}, {"domain", to_string(who->domain)}};
   } else {
     rec["who"] = json{{"tenant", ""}, {"principal", ""}, {"role", ""}, {"domain", ""}};
   }
-  rec["what"] = json{{"operation", op}, {"model", model}};
+  rec["what"] = json{{"operation", client_text(st, op)}, {"model", client_text(st, model)}};
   if (auto it = st.model_versions.find(model); it != st.model_versions.end()) rec["what"]["weights"] = it->second;
   rec["when"] = json{{"start", utc_now_iso()}};
-  rec["where"] = json{{"node", st.opts.node_name}, {"client", client}};
-  rec["how"] = json{{"api_method", method}};
+  // The peer address is the door's observation, kept as seen (README: where = the client's
+  // address); the method is the door's own name for the endpoint.
+  rec["where"] = json{{"node", st.opts.node_name}, {"client", client.substr(0, field_bytes)}};
+  rec["how"] = json{{"api_method", method.substr(0, field_bytes)}};
   return rec;
 }
 
-// Writes a record without waiting (refusals: the caller's answer must not wait on the disk).
+// Writes a record without waiting (refusals: the caller's answer must not wait on the disk). The
+// message may quote the client (a model name, a request id, a tokenizer's complaint about the
+// prompt): it is masked and capped like the fields.
 void audit_async(self_ptr self, json rec, const std::string& status, const std::string& code,
                  const std::string& message) {
   auto& st = self->state;
   if (!st.opts.auditor) return;
   rec["when"]["end"] = rec["when"]["start"];
-  rec["outcome"] = json{{"status", status}, {"error_code", code}, {"message", message}};
-  self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, text(rec))
+  rec["outcome"] = json{{"status", status},
+                        {"error_code", client_text(st, code)},
+                        {"message", client_text(st, message, message_bytes)}};
+  self->request(st.opts.auditor, std::chrono::seconds(30), audit_atom::value, record_text(rec))
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
-              log::error("router: audit write failed: {}", self->system().render(e));
+              log::error("router: audit write failed: {}", read_error(e, "the audit store").message);
             });
 }
 
-// A tripped rule: the principal is blocked from now on, persistently, and the block is audited.
-void block(self_ptr self, const principal& who, const alert_trip& trip) {
+// A refusal the policy decided: audited, then answered.
+void audit_refusal(self_ptr self, const json& rec, const governance::decision& d) {
+  audit_async(self, rec, d.blocked ? "blocked" : "error", to_string(d.refused->code), d.refused->message);
+}
+
+// A tripped rule blocked a principal (the policy already refuses it): persist the block and audit it.
+void persist_block(self_ptr self, const block_event& b) {
   auto& st = self->state;
-  const auto key = principal_key(who);
-  if (st.blocked.count(key)) return;
-  st.blocked[key] = "rule '" + trip.rule + "': " + trip.detail;
-  if (st.blocks_metric) st.blocks_metric->Add({{"rule", trip.rule}, {"tenant", who.tenant}}).Increment();
-  log::warn("router: blocked principal {} ({})", key, st.blocked[key]);
+  if (st.blocks_metric) st.blocks_metric->Add({{"rule", b.trip.rule}, {"tenant", b.who.tenant}}).Increment();
+  log::warn("router: blocked principal {}: {}", b.key, b.reason);
   if (!st.opts.auditor) return;
-  json info{{"tenant", who.tenant}, {"rule", trip.rule}, {"detail", trip.detail},
-            {"since", utc_now_iso()}};
-  auto rec = base_record(st, "alert", "block", &who, "", "", "", "");
+  json info{{"tenant", b.who.tenant}, {"rule", b.trip.rule}, {"detail", b.trip.detail}, {"since", utc_now_iso()}};
+  auto rec = base_record(st, "alert", "block", &b.who, "", "", "", "");
   rec["when"]["end"] = rec["when"]["start"];
-  rec["alert"] = json{{"rule", trip.rule}, {"detail", trip.detail}};
+  rec["alert"] = json{{"rule", b.trip.rule}, {"detail", b.trip.detail}};
   rec["outcome"] = json{{"status", "blocked"}};
-  self->request(st.opts.auditor, std::chrono::seconds(30), block_atom::value, key, text(info), text(rec))
+  self->request(st.opts.auditor, std::chrono::seconds(30), block_atom::value, b.key, record_text(info), record_text(rec))
       .then([](std::uint64_t) {},
             [=](caf::error& e) {
               if (self->state.audit_failures) self->state.audit_failures->Add({}).Increment();
-              log::error("router: persisting the block failed: {}", self->system().render(e));
+              log::error("router: persisting the block failed: {}", read_error(e, "the audit store").message);
             });
 }
 
-admin_result admin_refusal(errc code, std::string message) {
-  admin_result r;
-  r.error_code = to_string(code);
-  r.error_message = std::move(message);
-  return r;
-}
-
-router_actor::behavior_type router(self_ptr self, router_options opts) {
-  auto& st0 = self->state;
-  st0.opts = std::move(opts);
-  st0.auth = std::make_unique<authenticator>(st0.opts.config.auth);
-  st0.limiter = std::make_unique<rate_limiter>(st0.opts.config.auth);
-  st0.masker = std::make_shared<const governance::masker>(st0.opts.config.governance.pii);
-  st0.alerts = std::make_unique<alert_engine>(st0.opts.config.governance.alerts);
-  st0.blocked = st0.opts.blocked;
-  for (const auto& m : st0.opts.config.models) st0.model_versions[m.name] = model_fingerprint(m.path);
-  if (st0.opts.registry) {
-    st0.blocks_metric = &prometheus::BuildCounter()
-                             .Name("shoal:principals_blocked_total")
-                             .Help("Principals blocked by an anomaly rule")
-                             .Register(*st0.opts.registry);
-    st0.audit_failures = &prometheus::BuildCounter()
-                              .Name("shoal:audit_write_failures_total")
-                              .Help("Audit records that could not be written")
-                              .Register(*st0.opts.registry);
+void init(self_ptr self) {
+  auto& st = self->state;
+  governance::admission_options ao;
+  ao.auth = st.opts.config.auth;
+  ao.alerts = st.opts.config.governance.alerts;
+  ao.pii = st.opts.config.governance.pii;
+  for (const auto& m : st.opts.config.models) ao.models.push_back(m.name);
+  ao.cache = static_cast<bool>(st.opts.cache);
+  ao.blocked = st.opts.blocked;
+  st.policy = std::make_unique<admission_policy>(std::move(ao));
+  for (const auto& m : st.opts.config.models) st.model_versions[m.name] = model_fingerprint(m.path);
+  if (st.opts.registry) {
+    st.blocks_metric = &prometheus::BuildCounter()
+                            .Name("shoal:principals_blocked_total")
+                            .Help("Principals blocked by an anomaly rule")
+                            .Register(*st.opts.registry);
+    st.audit_failures = &prometheus::BuildCounter()
+                             .Name("shoal:audit_write_failures_total")
+                             .Help("Audit records that could not be written")
+                             .Register(*st.opts.registry);
   }
-  for (const auto& spec : st0.opts.config.replicas) {
+  for (const auto& spec : st.opts.config.replicas) {
     replica_entry e;
     e.spec = spec;
     e.stats.name = spec.name;
     e.stats.model = spec.model;
     e.stats.kind = spec.kind;
     e.stats.detail = "not started";
-    st0.replicas.push_back(e);
+    st.replicas.push_back(e);
   }
   // The deployment itself is an administrative action: what this router serves, with which
   // weights, and which keys it accepts (their ids, never their hashes).
-  if (st0.opts.auditor) {
-    auto rec = base_record(st0, "admin", "deploy", nullptr, "", "", "", "node.start");
+  if (st.opts.auditor) {
+    auto rec = base_record(st, "admin", "deploy", nullptr, "", "", "", "node.start");
     json models = json::array(), replicas = json::array(), keys = json::array();
-    for (const auto& m : st0.opts.config.models) models.push_back({{"name", m.name}, {"weights", st0.model_versions[m.name]}});
-    for (const auto& r : st0.opts.config.replicas) {
+    for (const auto& m : st.opts.config.models) models.push_back({{"name", m.name}, {"weights", st.model_versions[m.name]}});
+    for (const auto& r : st.opts.config.replicas) {
       replicas.push_back({{"name", r.name}, {"model", r.model}, {"kind", r.kind}, {"nodes", r.tensor_parallel}});
     }
-    for (const auto& t : st0.opts.config.auth.tenants) {
+    for (const auto& t : st.opts.config.auth.tenants) {
       for (const auto& k : t.keys) keys.push_back({{"tenant", t.name}, {"id", k.id}, {"role", k.role}});
     }
-    rec["deploy"] = json{{"cluster", st0.opts.config.name}, {"models", models}, {"replicas", replicas}, {"keys", keys},
-                         {"blocked", st0.blocked.size()}};
+    rec["deploy"] = json{{"cluster", st.opts.config.name}, {"models", models}, {"replicas", replicas}, {"keys", keys},
+                         {"blocked", st.policy->blocked().size()}};
     audit_async(self, rec, "ok", "", "");
   }
+}
+
+// The request left the router's hands without a tracker to finish it: its id is free again.
+void land(self_ptr self, const std::string& id) { self->state.flights.erase(id); }
+
+// Whether a cancel came for the request while it was being admitted or looked up in the cache
+// (then it is refused here, audited as cancelled); otherwise it is routed from now on, and a
+// cancel for it goes to the batchers.
+bool cancelled_before_routing(self_ptr self, const std::string& id, const request_context& ctx,
+                              caf::typed_response_promise<submit_result>& rp) {
+  auto& st = self->state;
+  auto it = st.flights.find(id);
+  if (it == st.flights.end() || !it->second.cancelled) {
+    if (it != st.flights.end()) it->second.routed = true;
+    return false;
+  }
+  st.flights.erase(it);
+  st.policy->release(ctx.tenant);
+  const refusal why{errc::cancelled, "the request was cancelled before it reached a replica"};
+  audit_async(self, ctx.record, "cancelled", to_string(why.code), why.message);
+  rp.deliver(refuse(id, why));
+  return true;
+}
+
+// Routes an admitted request to a replica (or refuses it); the tracker finishes it.
+void route(self_ptr self, generate_request req, std::shared_ptr<request_context> ctx,
+           caf::typed_response_promise<submit_result> rp) {
+  auto& st = self->state;
+  if (cancelled_before_routing(self, req.id, *ctx, rp)) return;
+  refusal why;
+  auto* r = pick(st, req.model, req.kind, why);
+  if (!r) {
+    land(self, req.id);
+    st.policy->release(ctx->tenant);
+    audit_async(self, ctx->record, "error", to_string(why.code), why.message);
+    rp.deliver(refuse(req.id, why));
+    return;
+  }
+  // Count it against the replica now, so a burst does not all land on one replica before
+  // its next stats report.
+  ++r->stats.waiting;
+  const std::string replica_name = r->spec.name;
+  // A refusal from the batcher changes nothing there, so no stats report will correct the
+  // count above: undo it here, or a run of invalid requests would make the replica look full.
+  auto uncount = [=] {
+    for (auto& e : self->state.replicas) {
+      if (e.spec.name == replica_name && e.stats.waiting > 0) --e.stats.waiting;
+    }
+  };
+  auto t = spawn_request_tracker(self->system(), req.sink, finish_listener{self}, r->batcher, ctx, req.id);
+  req.sink = caf::actor_cast<sink_actor>(t);
+  const std::string tenant = ctx->tenant;
+  const std::string id = req.id;
+  const batcher_actor batcher = r->batcher;
+  self->request(batcher, std::chrono::seconds(st.opts.config.router.submit_timeout_s), generate_atom::value,
+                std::move(req))
+      .then(
+          [=](const submit_result& res) mutable {
+            if (!res.accepted) {
+              land(self, id);
+              uncount();
+              self->state.policy->release(tenant);
+              caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+              audit_async(self, ctx->record, "error", res.error_code, res.error_message);
+            }
+            rp.deliver(res);
+            if (res.accepted) caf::anon_send(t, open_atom::value);
+          },
+          [=](caf::error& e) mutable {
+            // The batcher may still take the request after this (it was only slow): tell it to
+            // drop it, or it runs for nobody, holding KV blocks, and is counted nowhere. The
+            // cancel follows the generate from this same sender, so it arrives after it.
+            self->send(batcher, cancel_atom::value, id);
+            land(self, id);
+            uncount();
+            self->state.policy->release(tenant);
+            caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+            const auto failed = read_error(e, "replica " + replica_name);
+            const refusal why{errc::unavailable, "replica " + replica_name + " did not accept the request: " + failed.message};
+            audit_async(self, ctx->record, "error", to_string(why.code), why.message);
+            rp.deliver(refuse("", why));
+          });
+}
+
+// A deterministic request whose answer may be cached: answer from the cache on a hit, route it
+// on a miss (or when the cache does not answer).
+void route_through_cache(self_ptr self, generate_request req, std::shared_ptr<request_context> ctx,
+                         principal who, std::string probe, caf::typed_response_promise<submit_result> rp) {
+  auto& st = self->state;
+  self->request(st.opts.cache, std::chrono::seconds(5), lookup_atom::value, ctx->tenant, ctx->cache_key, ctx->domain)
+      .then(
+          [=](const std::string& hit) mutable {
+            auto a = hit.empty() ? std::nullopt : cached_answer_from_json(hit);
+            if (!a) {
+              if (auto b = self->state.policy->cache_miss(who, probe)) persist_block(self, *b);
+              route(self, std::move(req), ctx, rp);
+              return;
+            }
+            if (cancelled_before_routing(self, req.id, *ctx, rp)) return;
+            // A hit streams back through the same sink protocol, marked as cached.
+            auto t = spawn_request_tracker(self->system(), req.sink, finish_listener{self}, batcher_actor{}, ctx, req.id);
+            submit_result res;
+            res.accepted = true;
+            res.id = req.id;
+            res.replica = "cache";
+            res.prompt_tokens = a->prompt_tokens;
+            rp.deliver(res);
+            caf::anon_send(t, open_atom::value);
+            token_chunk c;
+            c.id = req.id;
+            c.ids = std::move(a->ids);
+            c.text = std::move(a->text);
+            c.cached = true;
+            generation_summary s;
+            s.id = req.id;
+            s.finish_reason = a->finish_reason.empty() ? "length" : a->finish_reason;
+            s.prompt_tokens = res.prompt_tokens;
+            s.completion_tokens = a->completion_tokens;
+            s.replica = "cache";
+            s.cached = true;
+            if (!c.ids.empty() || !c.text.empty()) caf::anon_send(t, std::move(c));
+            caf::anon_send(t, std::move(s));
+          },
+          [=](caf::error&) mutable { route(self, std::move(req), ctx, rp); });
+}
+
+caf::result<submit_result> generate(self_ptr self, generate_request req) {
+  auto& st = self->state;
+  if (req.id.empty()) {
+    // An id of the router's own never collides with one a client chose for a request in flight.
+    do {
+      req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
+    } while (st.flights.count(req.id));
+  }
+  if (req.model.empty() && !st.opts.config.models.empty()) req.model = default_model(st);
+  governance::admission_request ar;
+  ar.api_key = std::move(req.api_key);
+  req.api_key.clear();  // the key goes no further
+  ar.model = req.model;
+  ar.kind = req.kind;
+  ar.priority = req.priority;
+  ar.prompt = req.prompt;
+  ar.prompt_ids = req.prompt_ids;
+  ar.max_tokens = req.max_tokens;
+  ar.deterministic = req.sampling.temperature <= 0.0f || req.sampling.seed.has_value();
+  ar.no_cache = req.no_cache;
+  ar.has_sink = static_cast<bool>(req.sink);
+  ar.parse_special = req.parse_special;
+  ar.special_ranges = req.special_ranges;
+  auto a = st.policy->admit(ar);
+  auto rec = base_record(st, "request", req.kind, a.who ? &*a.who : nullptr, req.id, req.model, req.client_address,
+                         req.api_method);
+  rec["how"]["sampling"] = sampling_json(req.sampling);
+  rec["how"]["max_tokens"] = req.max_tokens;
+  rec["how"]["priority"] = req.priority;
+  rec["how"]["stop_strings"] = req.stop.size();
+  if (a.block) persist_block(self, *a.block);
+  if (a.refused) {
+    audit_refusal(self, rec, a);
+    return refuse(req.id, *a.refused);
+  }
+  if (st.flights.count(req.id)) {
+    st.policy->release(a.who->tenant);
+    const refusal why{errc::invalid_argument, "request id '" + req.id + "' is already in flight"};
+    audit_async(self, rec, "error", to_string(why.code), why.message);
+    return refuse(req.id, why);
+  }
+  st.flights.emplace(req.id, flight{});
+  const auto& who = *a.who;
+  req.tenant = who.tenant;
+  req.principal = who.id;
+  req.domain = to_string(who.domain);
+  req.priority = a.priority;
+  req.parse_special = a.parse_special;
+  req.special_ranges = a.special_ranges;
+  if (a.model_sees_masked) req.prompt = a.masked.text;
+  const std::string input = req.prompt_ids.empty() ? a.masked.text : "ids:" + ids_text(req.prompt_ids);
+  rec["digests"] = json{{"input_sha256", sha256_hex(input)}};
+  if (a.store_masked_text) rec["text"] = json{{"input", input}};
+  if (a.prompt_has_pii) rec["pii"] = a.masked.counts;
+  auto ctx = std::make_shared<request_context>();
+  ctx->record = rec;
+  ctx->store_text = a.store_masked_text;
+  ctx->tenant = who.tenant;
+  ctx->who = governance::principal_key(who);
+  ctx->domain = to_string(who.domain);
+  ctx->encrypt = a.encrypt_cache;
+  ctx->masker = st.policy->pii_masker();
+  ctx->auditor = st.opts.auditor;
+  ctx->cache = st.opts.cache;
+  if (a.cacheable) {
+    cache_key_fields f;
+    f.tenant = who.tenant;
+    f.domain = to_string(who.domain);
+    f.model = req.model;
+    f.model_version = st.model_versions[req.model];
+    f.kind = req.kind;
+    // Where the template's tokens may be changes the ids as much as the prompt does.
+    if (!req.special_ranges.empty()) f.kind += "|template-ranges:" + ids_text(req.special_ranges);
+    f.masked_prompt = a.masked.text;
+    f.prompt_ids = req.prompt_ids;
+    f.add_special = req.add_special;
+    f.parse_special = req.parse_special;
+    f.max_tokens = req.max_tokens;
+    f.ignore_eos = req.ignore_eos;
+    f.stop = req.stop;
+    f.stop_ids = req.stop_ids;
+    f.sampling = sampling_json(req.sampling).dump() + (req.sampling.seed ? "" : "|noseed");
+    ctx->cache_key = cache_key(f);
+  }
+  auto rp = self->make_response_promise<submit_result>();
+  if (ctx->cache_key.empty()) {
+    route(self, std::move(req), ctx, rp);
+  } else {
+    route_through_cache(self, std::move(req), ctx, who, a.masked.text, rp);
+  }
+  return rp;
+}
+
+caf::result<admin_result> admin(self_ptr self, admin_request req) {
+  auto& st = self->state;
+  auto d = st.policy->admit_admin(req.api_key, req.op, req.tenant);
+  req.api_key.clear();
+  auto rec = base_record(st, "admin", req.op, d.who ? &*d.who : nullptr, "", "", req.client_address, req.api_method);
+  json filter{{"tenant", req.tenant}, {"principal", req.principal}, {"operation", req.operation},
+              {"since", req.since}, {"until", req.until}, {"limit", req.limit}};
+  // The record keeps the filter as written, masked; the query gets it as it is.
+  rec["how"]["filter"] = json{{"tenant", client_text(st, req.tenant)},
+                              {"principal", client_text(st, req.principal)},
+                              {"operation", client_text(st, req.operation)},
+                              {"since", client_text(st, req.since)},
+                              {"until", client_text(st, req.until)},
+                              {"limit", req.limit}};
+  if (d.block) persist_block(self, *d.block);
+  if (d.refused) {
+    audit_refusal(self, rec, d);
+    return admin_refusal(d.refused->code, d.refused->message);
+  }
+  req.tenant = d.tenant;
+  filter["tenant"] = d.tenant;
+  if (req.op == "unblock" && st.opts.auditor && !st.policy->blocked().count(req.principal)) {
+    const refusal why{errc::not_found, "principal '" + req.principal + "' is not blocked"};
+    audit_async(self, rec, "error", to_string(why.code), why.message);
+    return admin_refusal(why.code, why.message);
+  }
+  admin_context ctx;
+  ctx.record = std::move(rec);
+  ctx.filter = std::move(filter);
+  ctx.target = client_text(st, req.principal);
+  ctx.masker = st.policy->pii_masker();
+  ctx.auditor = st.opts.auditor;
+  ctx.cache = st.opts.cache;
+  auto op = spawn_admin_operation(self->system(), std::move(ctx));
+  if (req.op != "unblock") return self->delegate(op, admin_atom::value, std::move(req));
+  // The block is lifted here only once the operation says its unblock is durable: a write that
+  // failed leaves the database blocking the principal (and the next start with it), so the
+  // router must go on blocking it too.
+  auto rp = self->make_response_promise<admin_result>();
+  const std::string target = req.principal;
+  self->request(op, std::chrono::seconds(120), admin_atom::value, std::move(req))
+      .then(
+          [=](admin_result& res) mutable {
+            if (res.ok) self->state.policy->unblock(target);
+            rp.deliver(std::move(res));
+          },
+          [=](caf::error& e) mutable {
+            const auto why = read_error(e, "the admin operation");
+            rp.deliver(admin_refusal(why.code, why.message));
+          });
+  return rp;
+}
+
+router_actor::behavior_type router(self_ptr self, router_options opts) {
+  self->state.opts = std::move(opts);
+  init(self);
   self->set_down_handler([=](const caf::down_msg& dm) {
     for (auto& r : self->state.replicas) {
       if (r.batcher && r.batcher.address() == dm.source) {
         r.stats.healthy = false;
         r.stats.detail = "batcher is down";
+        r.stats.error = make_error(errc::unavailable, r.stats.detail);
       }
     }
   });
-  // Routes an admitted request to a replica (or refuses it); the tracker finishes it.
-  auto route = [=](generate_request req, std::shared_ptr<request_context> ctx,
-                   caf::typed_response_promise<submit_result> rp) mutable {
-    auto& st = self->state;
-    std::string why;
-    auto* r = pick(st, req.model, req.kind, why);
-    if (!r) {
-      st.limiter->release(ctx->tenant);
-      const bool none_healthy = why.find("healthy") != std::string::npos || why.find("no replica") != std::string::npos;
-      const auto code = none_healthy ? errc::unavailable : errc::overloaded;
-      audit_async(self, ctx->record, "error", to_string(code), why);
-      rp.deliver(refuse(req.id, code, why));
-      return;
-    }
-    // Count it against the replica now, so a burst does not all land on one replica before
-    // its next stats report.
-    ++r->stats.waiting;
-    const std::string replica_name = r->spec.name;
-    // A refusal from the batcher changes nothing there, so no stats report will correct the
-    // count above: undo it here, or a run of invalid requests would make the replica look full.
-    auto uncount = [=] {
-      for (auto& e : self->state.replicas) {
-        if (e.spec.name == replica_name && e.stats.waiting > 0) --e.stats.waiting;
-      }
-    };
-    auto t = self->spawn(tracker, req.sink, finish_listener{self}, r->batcher, ctx, req.id);
-    req.sink = caf::actor_cast<sink_actor>(t);
-    const std::string tenant = ctx->tenant;
-    self->request(r->batcher, caf::infinite, generate_atom::value, std::move(req))
-        .then(
-            [=](const submit_result& res) mutable {
-              if (!res.accepted) {
-                uncount();
-                self->state.limiter->release(tenant);
-                caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
-                audit_async(self, ctx->record, "error", res.error_code, res.error_message);
-              }
-              rp.deliver(res);
-              if (res.accepted) caf::anon_send(t, open_atom::value);
-            },
-            [=](caf::error& e) mutable {
-              uncount();
-              self->state.limiter->release(tenant);
-              caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
-              const auto msg = "replica did not answer: " + self->system().render(e);
-              audit_async(self, ctx->record, "error", to_string(errc::unavailable), msg);
-              rp.deliver(refuse("", errc::unavailable, msg));
-            });
-  };
   return {
-      [=](generate_atom, generate_request req) mutable -> caf::result<submit_result> {
-        auto& st = self->state;
-        if (req.id.empty()) req.id = "req-" + std::to_string(++st.next_id) + "-" + std::to_string(self->id());
-        if (req.model.empty() && !st.opts.config.models.empty()) req.model = default_model(st);
-        // Who is asking: one implementation for every front door. The key goes no further.
-        const bool had_key = !req.api_key.empty();
-        auto who = st.auth->authenticate(req.api_key);
-        req.api_key.clear();
-        auto rec = base_record(st, "request", req.kind, who ? &*who : nullptr, req.id, req.model, req.client_address,
-                               req.api_method);
-        rec["how"]["sampling"] = sampling_json(req.sampling);
-        rec["how"]["max_tokens"] = req.max_tokens;
-        rec["how"]["priority"] = req.priority;
-        rec["how"]["stop_strings"] = req.stop.size();
-        auto refused = [&](errc code, const std::string& message, const char* status = "error") {
-          audit_async(self, rec, status, to_string(code), message);
-          return refuse(req.id, code, message);
-        };
-        if (!who) return refused(errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
-        const auto key = principal_key(*who);
-        if (auto b = st.blocked.find(key); b != st.blocked.end()) {
-          return refused(errc::forbidden, "principal '" + key + "' is blocked (" + b->second + ")", "blocked");
-        }
-        req.tenant = who->tenant;
-        req.principal = who->id;
-        req.domain = to_string(who->domain);
-        // A request may lower its priority, never raise it above its key's role.
-        req.priority = std::min(req.priority, who->priority);
-        if (!st.opts.config.find_model(req.model)) return refused(errc::not_found, "unknown model '" + req.model + "'");
-        const auto& policy = st.opts.config.auth.policy(who->domain);
-        const auto* tenant = st.opts.config.auth.find_tenant(who->tenant);
-        auto allowed = [&](const std::vector<std::string>& list) {
-          return list.empty() || std::find(list.begin(), list.end(), req.model) != list.end();
-        };
-        if (!allowed(policy.models) || (tenant && !allowed(tenant->models))) {
-          return refused(errc::forbidden, "tenant '" + who->tenant + "' (domain " + to_string(who->domain) +
-                                              ") may not use model '" + req.model + "'");
-        }
-        if (req.kind != "generate" && req.kind != "score" && req.kind != "embed") {
-          return refused(errc::invalid_argument, "unknown request kind '" + req.kind + "'");
-        }
-        if (!req.sink) return refused(errc::invalid_argument, "the request has no sink for its tokens");
-        if (auto trip = st.alerts->operation(who->tenant, key, req.kind)) {
-          block(self, *who, *trip);
-          return refused(errc::forbidden, "principal '" + key + "' is blocked (rule '" + trip->rule + "': " +
-                                              trip->detail + ")", "blocked");
-        }
-        // Tokens against the tenant's per-minute budget: the prompt (ids, or ~4 bytes a token) plus
-        // what it may generate.
-        const std::int64_t tokens = (req.prompt_ids.empty() ? static_cast<std::int64_t>(req.prompt.size() / 4 + 1)
-                                                            : static_cast<std::int64_t>(req.prompt_ids.size())) +
-                                    std::max(0, req.max_tokens);
-        if (auto why = st.limiter->admit(who->tenant, tokens); !why.empty()) {
-          const bool global = why.find("admission limit") != std::string::npos;
-          return refused(global ? errc::overloaded : errc::rate_limited, why);
-        }
-        // Personal data is masked before anything is stored or logged; the model sees the masked
-        // prompt where the domain's policy says so.
-        auto masked = st.masker->mask(req.prompt);
-        const bool prompt_has_pii = !masked.findings.empty();
-        if (policy.model_sees_masked) req.prompt = masked.text;
-        const std::string input = req.prompt_ids.empty() ? masked.text : "ids:" + ids_text(req.prompt_ids);
-        rec["digests"] = json{{"input_sha256", sha256_hex(input)}};
-        if (policy.store_masked_text) rec["text"] = json{{"input", input}};
-        if (prompt_has_pii) rec["pii"] = masked.counts;
-        auto ctx = std::make_shared<request_context>();
-        ctx->record = rec;
-        ctx->store_text = policy.store_masked_text;
-        ctx->tenant = who->tenant;
-        ctx->who = key;
-        ctx->domain = to_string(who->domain);
-        ctx->encrypt = policy.encrypt_cache;
-        ctx->masker = st.masker;
-        ctx->auditor = st.opts.auditor;
-        ctx->cache = st.opts.cache;
-        // The answer cache: deterministic generations only, and only where the cache key (made
-        // of the masked prompt) fully determines what the model sees.
-        const bool deterministic = req.sampling.temperature <= 0.0f || req.sampling.has_seed;
-        if (st.opts.cache && policy.cache && deterministic && req.kind == "generate" && !req.no_cache &&
-            (!prompt_has_pii || policy.model_sees_masked)) {
-          cache_key_fields f;
-          f.tenant = who->tenant;
-          f.domain = to_string(who->domain);
-          f.model = req.model;
-          f.model_version = st.model_versions[req.model];
-          f.kind = req.kind;
-          f.masked_prompt = masked.text;
-          f.prompt_ids = req.prompt_ids;
-          f.add_special = req.add_special;
-          f.parse_special = req.parse_special;
-          f.max_tokens = req.max_tokens;
-          f.ignore_eos = req.ignore_eos;
-          f.stop = req.stop;
-          f.stop_ids = req.stop_ids;
-          f.sampling = sampling_json(req.sampling).dump() + (req.sampling.has_seed ? "" : "|noseed");
-          ctx->cache_key = cache_key(f);
-        }
-        auto rp = self->make_response_promise<submit_result>();
-        if (ctx->cache_key.empty()) {
-          route(std::move(req), ctx, rp);
-          return rp;
-        }
-        const std::string probe = masked.text;
-        self->request(st.opts.cache, std::chrono::seconds(5), lookup_atom::value, ctx->tenant, ctx->cache_key, ctx->domain)
-            .then(
-                [=](const std::string& hit) mutable {
-                  auto a = hit.empty() ? std::nullopt : cached_answer_from_json(hit);
-                  if (!a) {
-                    if (auto trip = self->state.alerts->miss_probe(ctx->tenant, ctx->who, probe)) {
-                      block(self, *who, *trip);
-                    }
-                    route(std::move(req), ctx, rp);
-                    return;
-                  }
-                  // A hit streams back through the same sink protocol, marked as cached.
-                  auto t = self->spawn(tracker, req.sink, finish_listener{self}, batcher_actor{}, ctx, req.id);
-                  submit_result res;
-                  res.accepted = true;
-                  res.id = req.id;
-                  res.replica = "cache";
-                  res.prompt_tokens = a->prompt_tokens;
-                  rp.deliver(res);
-                  caf::anon_send(t, open_atom::value);
-                  token_chunk c;
-                  c.id = req.id;
-                  c.ids = std::move(a->ids);
-                  c.text = std::move(a->text);
-                  c.cached = true;
-                  generation_summary s;
-                  s.id = req.id;
-                  s.finish_reason = a->finish_reason.empty() ? "length" : a->finish_reason;
-                  s.prompt_tokens = res.prompt_tokens;
-                  s.completion_tokens = a->completion_tokens;
-                  s.replica = "cache";
-                  s.cached = true;
-                  if (!c.ids.empty() || !c.text.empty()) caf::anon_send(t, std::move(c));
-                  caf::anon_send(t, std::move(s));
-                },
-                [=](caf::error&) mutable { route(std::move(req), ctx, rp); });
-        return rp;
-      },
+      [=](generate_atom, generate_request req) -> caf::result<submit_result> { return generate(self, std::move(req)); },
       [=](cancel_atom, const std::string& id) {
+        // Not at a batcher yet (admitting, in the cache lookup): it is refused when it would be
+        // routed.
+        auto& flights = self->state.flights;
+        if (auto it = flights.find(id); it != flights.end() && !it->second.routed) {
+          it->second.cancelled = true;
+          return;
+        }
         // Requests are few per replica; every batcher ignores ids it does not hold.
         for (auto& r : self->state.replicas) {
           if (r.batcher) self->send(r.batcher, cancel_atom::value, id);
@@ -582,13 +583,13 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
         auto& st = self->state;
         const std::string name = t.model.empty() ? default_model(st) : t.model;
         const auto* m = st.opts.config.find_model(name);
-        if (!m) return caf::make_error(caf::sec::invalid_argument, "unknown model '" + name + "'");
+        if (!m) return make_error(errc::not_found, "unknown model '" + name + "'");
         try {
           auto& tok = st.tokenizers[name];
           if (!tok) tok = load_model_tokenizer(m->path);
           return tok->encode(t.text, encode_options{t.add_special, t.parse_special});
         } catch (const std::exception& e) {
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return make_error(e);  // a missing tokenizer file stays not_found
         }
       },
       [=](stats_atom, const replica_stats& s) {
@@ -596,114 +597,43 @@ router_actor::behavior_type router(self_ptr self, router_options opts) {
           if (r.spec.name == s.name) r.stats = s;
         }
       },
-      [=](finished_atom, const std::string& tenant, const std::string& who, std::int32_t tokens) {
-        auto& st = self->state;
-        st.limiter->release(tenant);
-        if (auto trip = st.alerts->output_tokens(tenant, who, tokens)) {
-          principal p;
-          p.tenant = tenant;
-          p.id = who.substr(tenant.size() + 1);
-          if (auto* t = st.opts.config.auth.find_tenant(tenant)) p.domain = t->domain;
-          block(self, p, *trip);
-        }
+      [=](finished_atom, const std::string& id, const std::string& tenant, const std::string& who,
+          std::int32_t tokens) {
+        self->state.flights.erase(id);
+        if (auto b = self->state.policy->finished(tenant, who, tokens)) persist_block(self, *b);
       },
-      [=](admin_atom, admin_request req) -> caf::result<admin_result> {
+      [=](admin_atom, admin_request req) -> caf::result<admin_result> { return admin(self, std::move(req)); },
+      [=](authn_atom, door_caller c) -> auth_result {
+        // A front door asks before it does anything else with a request: a key that is given is
+        // valid, or the request ends here, with its audit record.
         auto& st = self->state;
-        const bool had_key = !req.api_key.empty();
-        auto who = st.auth->authenticate(req.api_key);
-        req.api_key.clear();
-        auto rec = base_record(st, "admin", req.op, who ? &*who : nullptr, "", "", req.client_address, req.api_method);
-        json filter{{"tenant", req.tenant}, {"principal", req.principal}, {"operation", req.operation},
-                    {"since", req.since}, {"until", req.until}, {"limit", req.limit}};
-        rec["how"]["filter"] = filter;
-        auto refused = [&](errc code, const std::string& message, const char* status = "error") {
-          audit_async(self, rec, status, to_string(code), message);
-          return admin_refusal(code, message);
-        };
-        if (!who) return refused(errc::unauthenticated, had_key ? "invalid API key" : "an API key is required");
-        const auto key = principal_key(*who);
-        if (auto b = st.blocked.find(key); b != st.blocked.end()) {
-          return refused(errc::forbidden, "principal '" + key + "' is blocked (" + b->second + ")", "blocked");
+        auto d = st.policy->check_caller(c.api_key);
+        c.api_key.clear();
+        auth_result r;
+        if (d.refused) {
+          auto rec = base_record(st, "request", c.operation, d.who ? &*d.who : nullptr, "", "", c.client_address,
+                                 c.api_method);
+          audit_refusal(self, rec, d);
+          r.error_code = to_string(d.refused->code);
+          r.error_message = d.refused->message;
+          return r;
         }
-        const bool admin = who->role == "admin";
-        const std::set<std::string> ops{"query", "export", "blocks", "unblock", "purge_cache"};
-        if (!ops.count(req.op)) {
-          return refused(errc::invalid_argument, "unknown admin operation '" + req.op +
-                                                     "' (query, export, blocks, unblock, purge_cache)");
-        }
-        if (!admin && (req.op == "blocks" || req.op == "unblock")) {
-          return refused(errc::forbidden, "'" + req.op + "' needs an admin key");
-        }
-        // Non-admins see and purge only their own tenant.
-        if (!admin) {
-          if (!req.tenant.empty() && req.tenant != who->tenant) {
-            return refused(errc::forbidden, "tenant '" + who->tenant + "' may not " + req.op + " tenant '" + req.tenant + "'");
-          }
-          req.tenant = who->tenant;
-          filter["tenant"] = req.tenant;
-        }
-        if (auto trip = st.alerts->operation(who->tenant, key, req.op)) {
-          block(self, *who, *trip);
-          return refused(errc::forbidden, "principal '" + key + "' is blocked (rule '" + trip->rule + "': " +
-                                              trip->detail + ")", "blocked");
-        }
-        auto rp = self->make_response_promise<admin_result>();
-        auto done = [=](std::vector<std::string> lines, json extra) mutable {
-          auto r = rec;
-          r["when"]["end"] = utc_now_iso();
-          r["outcome"] = json{{"status", "ok"}};
-          if (extra.is_object()) r["outcome"].update(extra);
-          auto deliver = [=](std::uint64_t) mutable {
-            admin_result res;
-            res.ok = true;
-            res.lines = std::move(lines);
-            rp.deliver(std::move(res));
-          };
-          if (!self->state.opts.auditor) return deliver(0);
-          self->request(self->state.opts.auditor, std::chrono::seconds(30), audit_atom::value, text(r))
-              .then(deliver, [=](caf::error& e) mutable {
-                rp.deliver(admin_refusal(errc::unavailable, "the audit record could not be written: " +
-                                                                self->system().render(e)));
-              });
-        };
-        auto fail = [=](caf::error& e) mutable {
-          rp.deliver(admin_refusal(errc::unavailable, self->system().render(e)));
-        };
-        if (req.op == "purge_cache") {
-          if (!st.opts.cache) {
-            done({}, json{{"removed", 0}});
-            return rp;
-          }
-          self->request(st.opts.cache, std::chrono::seconds(60), purge_atom::value, req.tenant)
-              .then([=](std::int64_t n) mutable { done({text(json{{"removed", n}})}, json{{"removed", n}}); }, fail);
-          return rp;
-        }
-        if (!st.opts.auditor) return admin_refusal(errc::unavailable, "this cluster keeps no audit log");
-        if (req.op == "query" || req.op == "export") {
-          self->request(st.opts.auditor, std::chrono::seconds(60), query_atom::value, text(filter))
-              .then([=](std::vector<std::string>& lines) mutable {
-                const auto n = lines.size();
-                done(std::move(lines), json{{"records", n}});
-              }, fail);
-        } else if (req.op == "blocks") {
-          self->request(st.opts.auditor, std::chrono::seconds(60), blocks_atom::value)
-              .then([=](std::vector<std::string>& lines) mutable { done(std::move(lines), json::object()); }, fail);
-        } else {  // unblock
-          const std::string target = req.principal;
-          if (!st.blocked.erase(target)) return refused(errc::not_found, "principal '" + target + "' is not blocked");
-          auto r = rec;
-          r["when"]["end"] = utc_now_iso();
-          r["target"] = target;
-          r["outcome"] = json{{"status", "ok"}};
-          self->request(st.opts.auditor, std::chrono::seconds(30), unblock_atom::value, target, text(r))
-              .then([=](std::uint64_t) mutable {
-                admin_result res;
-                res.ok = true;
-                res.lines = {text(json{{"unblocked", target}})};
-                rp.deliver(std::move(res));
-              }, fail);
-        }
-        return rp;
+        r.ok = true;
+        r.tenant = d.who->tenant;
+        r.principal = d.who->id;
+        return r;
+      },
+      [=](refused_atom, door_refusal d) {
+        // A request a door refused itself: one record, like those the router refuses. What the
+        // client wrote (a model name, text quoted in a message) is masked by base_record and
+        // audit_async, as for every record.
+        auto& st = self->state;
+        auto who = st.policy->identify(d.caller.api_key);
+        d.caller.api_key.clear();
+        auto rec = base_record(st, "request", d.caller.operation, who ? &*who : nullptr, "", d.model,
+                               d.caller.client_address, d.caller.api_method);
+        rec["how"]["refused_by"] = "door";
+        audit_async(self, rec, "error", d.error_code, d.error_message);
       },
       [=](ready_atom, const std::string& name, const batcher_actor& b) {
         for (auto& r : self->state.replicas) {

@@ -3,6 +3,7 @@
 #include <map>
 #include <memory>
 
+#include "actors/errors.hpp"
 #include "engine/comm/nccl_communicator.hpp"
 #include "engine/comm/tcp_communicator.hpp"
 #include "engine/common/error.hpp"
@@ -26,36 +27,20 @@ struct shard_state {
   static inline const char* name = "shard_worker";
 };
 
-sampling_params to_params(const sampling_spec& s) {
-  sampling_params p;
-  p.temperature = s.temperature;
-  p.top_k = s.top_k;
-  p.top_p = s.top_p;
-  p.min_p = s.min_p;
-  p.repetition_penalty = s.repetition_penalty;
-  p.presence_penalty = s.presence_penalty;
-  p.frequency_penalty = s.frequency_penalty;
-  if (s.has_seed) p.seed = s.seed;
-  return p;
-}
-
 shard_spec spec_of(const shard_setup& s) {
   return shard_spec{s.rank, s.world, parse_parallel_mode(s.parallel)};
 }
 
-step_result run_step(shard_state& st, const step_request& req) {
+caf::result<step_result> run_step(shard_state& st, const step_request& req) {
   step_result res;
   res.step = req.step;
-  if (!st.runner) {
-    res.error = "shard worker is not set up";
-    return res;
-  }
+  if (!st.runner) return make_error(errc::unavailable, "the shard worker is not set up");
   const bool sampling = st.setup.rank == 0;
   const std::int64_t n_valid = std::min<std::int64_t>(st.mdl->config().vocab_size, st.mdl->tok().vocab_size());
   for (const auto& id : req.dropped) st.samplers.erase(id);
   if (sampling) {
     for (const auto& a : req.added) {
-      auto s = std::make_unique<sampler>(to_params(a.sampling), n_valid);
+      auto s = std::make_unique<sampler>(a.sampling, n_valid);
       for (auto t : a.prompt) s->observe(t, false);
       st.samplers[a.id] = std::move(s);
     }
@@ -70,8 +55,7 @@ step_result run_step(shard_state& st, const step_request& req) {
   try {
     st.runner->forward(batch, st.logits);
   } catch (const std::exception& e) {
-    res.error = e.what();
-    return res;
+    return make_error(e);
   }
   if (sampling) {
     const std::int64_t V = st.mdl->config().vocab_size;
@@ -79,10 +63,7 @@ step_result run_step(shard_state& st, const step_request& req) {
     for (const auto& item : req.items) {
       if (!item.sample) continue;
       auto it = st.samplers.find(item.id);
-      if (it == st.samplers.end()) {
-        res.error = "no sampler state for sequence " + item.id;
-        return res;
-      }
+      if (it == st.samplers.end()) return make_error(errc::internal, "no sampler state for sequence " + item.id);
       std::span<float> l(st.logits.data() + row * V, static_cast<std::size_t>(V));
       const std::int32_t tok = it->second->sample(l);
       it->second->observe(tok, true);
@@ -118,7 +99,7 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
                                                      kv_cache_options{s.block_size, s.num_blocks});
           return std::int32_t{0};
         } catch (const std::exception& e) {
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return make_error(e);
         }
       },
       [=](connect_atom, const std::vector<std::string>& addresses) -> caf::result<bool> {
@@ -132,24 +113,24 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
           }
           return true;
         } catch (const std::exception& e) {
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return make_error(e);
         }
       },
       [=](nccl_id_atom) -> caf::result<std::string> {
         auto& st = self->state;
         if (!st.mdl || st.setup.communicator != "nccl" || st.setup.rank != 0) {
-          return caf::make_error(caf::sec::runtime_error, std::string("only a set-up NCCL rank 0 makes the unique id"));
+          return make_error(errc::internal, "only a set-up NCCL rank 0 makes the unique id");
         }
         try {
           return nccl_unique_id();
         } catch (const std::exception& e) {
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return make_error(e);
         }
       },
       [=](nccl_join_atom, const std::string& unique_id) -> caf::result<bool> {
         auto& st = self->state;
         if (!st.mdl || st.setup.communicator != "nccl") {
-          return caf::make_error(caf::sec::runtime_error, std::string("shard worker is not set up for NCCL"));
+          return make_error(errc::internal, "the shard worker is not set up for NCCL");
         }
         try {
           // Blocks this (detached) worker until every rank has joined.
@@ -158,10 +139,10 @@ shard_worker_actor::behavior_type shard_worker(shard_worker_actor::stateful_poin
                                                      kv_cache_options{st.setup.block_size, st.setup.num_blocks});
           return true;
         } catch (const std::exception& e) {
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return make_error(e);
         }
       },
-      [=](step_atom, const step_request& req) -> step_result { return run_step(self->state, req); },
+      [=](step_atom, const step_request& req) -> caf::result<step_result> { return run_step(self->state, req); },
   };
 }
 

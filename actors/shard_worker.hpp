@@ -2,7 +2,10 @@
 // Shard worker: owns one tensor-parallel slice of a replica's weights and of its paged KV cache
 // (physical blocks; the batcher owns the block tables), and runs the forward pass for each step.
 // Rank 0 also samples, keeping per-sequence sampler state. Runs detached: a step blocks its thread
-// for the whole forward pass, including the all-reduces with the other ranks.
+// for the whole forward pass, including the all-reduces with the other ranks. Every failure answers
+// with a caf::error carrying its errc (actors/errors.hpp): a missing model file is not_found, a
+// broken link to another rank unavailable. It lives as long as the batcher that asked for it (the
+// node manager stops it when that batcher is gone), or until that batcher stops it to start over.
 
 #include <caf/all.hpp>
 

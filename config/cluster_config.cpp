@@ -47,6 +47,8 @@ cluster_config cluster_config::load(const std::string& path) {
     s.http_port = get<std::int32_t>(n, "http_port", 0, where);
     s.metrics_port = get<std::int32_t>(n, "metrics_port", 0, where);
     s.threads = get<std::int32_t>(n, "threads", 1, where);
+    s.http_body_timeout_ms = get<std::int32_t>(n, "http_body_timeout_ms", 30000, where);
+    s.max_connections = get<std::int32_t>(n, "max_connections", 256, where);
     if (n["roles"]) {
       if (!n["roles"].IsSequence()) fail("node '" + s.name + "': 'roles' must be a list");
       for (const auto& r : n["roles"]) s.roles.push_back(r.as<std::string>());
@@ -61,6 +63,8 @@ cluster_config cluster_config::load(const std::string& path) {
     if (s.port == 0) fail("node '" + s.name + "' needs a 'port' for actor messages");
     if (s.has_role("gateway") && s.rpc_port == 0) fail("gateway node '" + s.name + "' needs an 'rpc_port'");
     if (s.threads < 1) fail("node '" + s.name + "': threads must be at least 1");
+    if (s.http_body_timeout_ms < 1) fail("node '" + s.name + "': http_body_timeout_ms must be at least 1");
+    if (s.max_connections < 1) fail("node '" + s.name + "': max_connections must be at least 1");
     c.nodes.push_back(s);
   }
   const auto routers = std::count_if(c.nodes.begin(), c.nodes.end(), [](auto& n) { return n.has_role("router"); });
@@ -95,6 +99,8 @@ cluster_config cluster_config::load(const std::string& path) {
     s.token_budget = get<std::int32_t>(r, "token_budget", 256, where);
     s.max_prefill_chunk = get<std::int32_t>(r, "max_prefill_chunk", 128, where);
     s.max_waiting = get<std::int32_t>(r, "max_waiting", 256, where);
+    s.start_timeout_s = get<std::int32_t>(r, "start_timeout_s", 600, where);
+    s.step_timeout_s = get<std::int32_t>(r, "step_timeout_s", 120, where);
     if (!r["tensor_parallel"] || !r["tensor_parallel"].IsSequence() || r["tensor_parallel"].size() == 0) {
       fail("replica '" + s.name + "' needs 'tensor_parallel': the worker nodes of its ranks");
     }
@@ -116,6 +122,9 @@ cluster_config cluster_config::load(const std::string& path) {
     for (std::int32_t v : {s.weight, s.kv_cache_tokens, s.block_size, s.max_running, s.token_budget, s.max_prefill_chunk, s.max_waiting}) {
       if (v < 1) fail("replica '" + s.name + "': sizes and weights must be at least 1");
     }
+    if (s.start_timeout_s < 1 || s.step_timeout_s < 1) {
+      fail("replica '" + s.name + "': start_timeout_s and step_timeout_s must be at least 1 (seconds)");
+    }
     if (s.kind != "generate" && s.kind != "score" && s.kind != "embed") fail("replica '" + s.name + "' has unknown kind '" + s.kind + "'");
     c.replicas.push_back(s);
   }
@@ -129,6 +138,8 @@ cluster_config cluster_config::load(const std::string& path) {
   if (root["router"]) {
     c.router.kv_threshold = get<double>(root["router"], "kv_threshold", 0.85, path + " router");
     if (!(c.router.kv_threshold > 0 && c.router.kv_threshold <= 1)) fail("router.kv_threshold must be in (0, 1]");
+    c.router.submit_timeout_s = get<std::int32_t>(root["router"], "submit_timeout_s", 30, path + " router");
+    if (c.router.submit_timeout_s < 1) fail("router.submit_timeout_s must be at least 1 (seconds)");
   }
   return c;
 }

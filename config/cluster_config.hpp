@@ -21,6 +21,11 @@ struct node_spec {
   std::int32_t http_port = 0;     // OpenAI-compatible HTTP gateway (gateway role; 0 = off)
   std::int32_t metrics_port = 0;  // Prometheus /metrics (0 = off)
   std::int32_t threads = 1;       // compute threads per shard worker on this node. Default: 1
+  // Front doors (gateway role). How long an HTTP request body may take to arrive once its headers
+  // are in (then 408). Default: 30000
+  std::int32_t http_body_timeout_ms = 30000;
+  // Open connections per door (RPC and HTTP each); more are refused (HTTP 503). Default: 256
+  std::int32_t max_connections = 256;
 
   bool has_role(const std::string& r) const;
 };
@@ -46,10 +51,21 @@ struct replica_spec {
   std::int32_t token_budget = 256;           // tokens per step. Default: 256
   std::int32_t max_prefill_chunk = 128;      // Default: 128
   std::int32_t max_waiting = 256;            // queue length before "overloaded". Default: 256
+  // Timeouts of the batcher's requests to the shard workers, which live in other processes and can
+  // die or hang. Reaching every rank's node, spawning its worker, loading the slice and linking
+  // the ranks must finish within start_timeout_s, else the start is tried again (large
+  // checkpoints load for minutes). Default: 600
+  std::int32_t start_timeout_s = 600;
+  // A rank that does not answer a step within step_timeout_s counts as down: the step's requests
+  // end with `unavailable` and the replica starts over. Default: 120
+  std::int32_t step_timeout_s = 120;
 };
 
 struct router_spec {
   double kv_threshold = 0.85;  // skip replicas whose KV use is above this. Default: 0.85
+  // How long the router waits for a replica's batcher to accept or refuse a request (it tokenizes
+  // the prompt); past it the request is refused as `unavailable`. Default: 30
+  std::int32_t submit_timeout_s = 30;
 };
 
 struct cluster_config {

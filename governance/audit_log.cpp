@@ -100,6 +100,8 @@ std::string field(const nlohmann::json& record, const char* outer, const char* i
 
 }  // namespace
 
+std::string record_text(const nlohmann::json& record) { return canonical(record); }
+
 std::string utc_now_iso() {
   auto now = std::chrono::system_clock::now();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;

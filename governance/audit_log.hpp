@@ -148,4 +148,9 @@ audit_checkpoint checkpoint_from_json(const nlohmann::json& j);
 /// Now, UTC, ISO-8601 with milliseconds: "2026-11-29T12:00:00.123Z".
 std::string utc_now_iso();
 
+/// A record as text for append(). Clients choose request ids, model names and prompts: bytes that
+/// are not UTF-8 become U+FFFD instead of stopping the record from being written (nlohmann::json
+/// refuses to serialise them).
+std::string record_text(const nlohmann::json& record);
+
 }  // namespace shoal::governance

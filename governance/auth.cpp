@@ -100,6 +100,7 @@ auth_config auth_config::from_yaml(const YAML::Node& root, const std::string& fi
       if (!d) fail("tenant '" + s.name + "' has an unknown domain");
       s.domain = *d;
       s.models = get_list(t, "models", where);
+      s.special_tokens = get<bool>(t, "special_tokens", false, where);
       if (t["limits"]) {
         s.limits.requests_per_minute = get<std::int32_t>(t["limits"], "requests_per_minute", 0, where);
         s.limits.tokens_per_minute = get<std::int64_t>(t["limits"], "tokens_per_minute", 0, where);
@@ -173,10 +174,12 @@ rate_limiter::rate_limiter(const auth_config& cfg) : global_max_(cfg.global_max_
   for (const auto& t : cfg.tenants) limits_[t.name] = t.limits;
 }
 
-std::string rate_limiter::admit(const std::string& tenant, std::int64_t tokens, std::chrono::steady_clock::time_point now) {
+std::optional<refusal> rate_limiter::admit(const std::string& tenant, std::int64_t tokens,
+                                           std::chrono::steady_clock::time_point now) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (global_max_ > 0 && in_flight_ >= global_max_) {
-    return "the cluster is at its admission limit (" + std::to_string(global_max_) + " requests in flight)";
+    return refusal{errc::overloaded,
+                   "the cluster is at its admission limit (" + std::to_string(global_max_) + " requests in flight)"};
   }
   auto lim_it = limits_.find(tenant);
   auto& w = windows_[tenant];
@@ -187,14 +190,16 @@ std::string rate_limiter::admit(const std::string& tenant, std::int64_t tokens, 
       w.events.pop_front();
     }
     if (lim.max_concurrent > 0 && w.concurrent >= lim.max_concurrent) {
-      return "tenant '" + tenant + "' has " + std::to_string(w.concurrent) + " requests in flight (limit " +
-             std::to_string(lim.max_concurrent) + ")";
+      return refusal{errc::rate_limited, "tenant '" + tenant + "' has " + std::to_string(w.concurrent) +
+                                             " requests in flight (limit " + std::to_string(lim.max_concurrent) + ")"};
     }
     if (lim.requests_per_minute > 0 && static_cast<std::int32_t>(w.events.size()) >= lim.requests_per_minute) {
-      return "tenant '" + tenant + "' is over its limit of " + std::to_string(lim.requests_per_minute) + " requests per minute";
+      return refusal{errc::rate_limited, "tenant '" + tenant + "' is over its limit of " +
+                                             std::to_string(lim.requests_per_minute) + " requests per minute"};
     }
     if (lim.tokens_per_minute > 0 && w.tokens + tokens > lim.tokens_per_minute) {
-      return "tenant '" + tenant + "' is over its limit of " + std::to_string(lim.tokens_per_minute) + " tokens per minute";
+      return refusal{errc::rate_limited, "tenant '" + tenant + "' is over its limit of " +
+                                             std::to_string(lim.tokens_per_minute) + " tokens per minute"};
     }
   }
   // Only limited tenants keep a window of events (an unlimited one would grow without bound).
@@ -204,7 +209,7 @@ std::string rate_limiter::admit(const std::string& tenant, std::int64_t tokens, 
   }
   ++w.concurrent;
   ++in_flight_;
-  return {};
+  return std::nullopt;
 }
 
 void rate_limiter::release(const std::string& tenant) {

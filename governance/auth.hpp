@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/common/error.hpp"
+
 namespace YAML {
 class Node;
 }
@@ -51,6 +53,10 @@ struct tenant_spec {
   std::vector<std::string> models;  // allowed models; empty: every model the domain allows
   tenant_limits limits;
   std::vector<key_spec> keys;
+  /// Special-token strings in this tenant's completion prompts become control tokens (trusted
+  /// callers that build prompts themselves). Chat message contents stay text regardless.
+  /// Default: false
+  bool special_tokens = false;
 };
 
 struct domain_policy {
@@ -95,9 +101,10 @@ class authenticator {
 class rate_limiter {
  public:
   explicit rate_limiter(const auth_config& cfg);
-  /// Admits a request of `tokens` (prompt + max_tokens) or returns why not ("" = admitted).
-  std::string admit(const std::string& tenant, std::int64_t tokens,
-                    std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+  /// Admits a request of `tokens` (prompt + max_tokens), or says why not: overloaded (the
+  /// cluster-wide limit) or rate_limited (the tenant's own limits).
+  std::optional<refusal> admit(const std::string& tenant, std::int64_t tokens,
+                               std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   /// A request admitted for `tenant` finished (frees its concurrency slot).
   void release(const std::string& tenant);
   std::int32_t in_flight() const;

@@ -621,4 +621,16 @@ masker_options masker_options_from_json(const nlohmann::json& config) {
   return o;
 }
 
+std::string mask_capped(const masker& m, std::string_view text, std::size_t max_bytes) {
+  std::string out = m.mask(text).text;
+  if (out.size() <= max_bytes) return out;
+  static constexpr std::string_view ellipsis = "...";
+  std::size_t cut = max_bytes > ellipsis.size() ? max_bytes - ellipsis.size() : 0;
+  // Back to the first byte of a character: continuation bytes are 10xxxxxx.
+  while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) --cut;
+  out.resize(cut);
+  out += ellipsis.substr(0, std::min(ellipsis.size(), max_bytes));
+  return out;
+}
+
 }  // namespace shoal::governance

@@ -126,6 +126,12 @@ class masker {
   std::shared_ptr<const impl> impl_;  // shared and immutable, so copies are cheap and thread-safe
 };
 
+/// Text a client wrote (a request id, a model name, an admin filter, a refusal that quotes them)
+/// as an audit record or a log line may keep it: personal data masked first (a cut made before
+/// could leave part of a number that no pattern matches any more), then cut to at most
+/// `max_bytes` on a UTF-8 character boundary, ending in "..." when cut.
+std::string mask_capped(const masker& m, std::string_view text, std::size_t max_bytes);
+
 // Validators, usable on their own. They take the bare value (ASCII, no separators) and return
 // false for anything else rather than throwing.
 

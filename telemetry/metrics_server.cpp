@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <future>
+#include <string>
+#include <string_view>
 #include <thread>
 
 #include "telemetry/metrics.hpp"
@@ -15,16 +17,38 @@ namespace shoal::telemetry {
 
 namespace {
 
+// What a failure says, fit for the node log: kj's own words only (the text before its first "; ",
+// after which kj lists variables, request bytes among them, or a line break and a trace), cut
+// short. The metrics port reads no request bodies, so that leaves nothing a client wrote; this
+// library sits below the PII masker (governance/), which the doors' logs go through as well.
+std::string kj_words(std::string_view t, std::size_t max = 160) {
+  t = t.substr(0, t.find('\n'));
+  t = t.substr(0, t.find("; "));
+  if (t.size() <= max) return std::string(t);
+  std::size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(t[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(t.substr(0, cut)) + "... (" + std::to_string(t.size()) + " bytes)";
+}
+
 class metrics_service final : public kj::HttpService {
  public:
   metrics_service(const kj::HttpHeaderTable& table, std::shared_ptr<prometheus::Registry> registry,
                   std::function<void()> before_scrape)
       : table_(table), registry_(std::move(registry)), before_scrape_(std::move(before_scrape)) {}
 
-  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
+  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders& headers,
                             kj::AsyncInputStream&, Response& response) override {
     std::string p(url.cStr());
     p = p.substr(0, p.find('?'));
+    // kj reads "-5" as 2^64 - 5 and a 25-digit length as the largest 64-bit one: not lengths.
+    KJ_IF_MAYBE (length, headers.get(kj::HttpHeaderId::CONTENT_LENGTH)) {
+      bool digits = length->size() > 0 && length->size() <= 19;
+      for (char c : *length) digits = digits && c >= '0' && c <= '9';
+      if (!digits) {
+        return reply(response, 400, "Bad Request",
+                     "malformed HTTP request: the Content-Length header must be one decimal number of bytes\n");
+      }
+    }
     if (method != kj::HttpMethod::GET)
       return reply(response, 405, "Method Not Allowed", "only GET is served\n");
     if (p == "/metrics") {
@@ -59,6 +83,41 @@ class metrics_service final : public kj::HttpService {
   const kj::HttpHeaderTable& table_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::function<void()> before_scrape_;
+};
+
+// What kj-http could not hand to the service: a request head it cannot parse, or a Content-Length
+// it cannot read. Both are the client's mistakes: a plain 400 that names the problem, never a 500
+// with kj's source location (kj's default), and nothing the client sent in a log.
+class metrics_errors final : public kj::HttpServerErrorHandler {
+ public:
+  explicit metrics_errors(const kj::HttpHeaderTable& table) : table_(table) {}
+
+  kj::Promise<void> handleClientProtocolError(kj::HttpHeaders::ProtocolError e,
+                                              kj::HttpService::Response& response) override {
+    return reply(response, std::string("malformed HTTP request: ") + e.description.cStr() + "\n");
+  }
+
+  kj::Promise<void> handleApplicationError(kj::Exception e, kj::Maybe<kj::HttpService::Response&> response) override {
+    // metrics_service answers its own failures; what reaches here is kj reading the request.
+    if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::READY_NOW;
+    KJ_IF_MAYBE (r, response) {
+      return reply(*r, "malformed HTTP request: the Content-Length header must be one decimal number of bytes, sent "
+                       "once, and the body must match its framing\n");
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  kj::Promise<void> reply(kj::HttpService::Response& response, const std::string& text) {
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; charset=utf-8");
+    auto bytes = kj::heapString(text.data(), text.size());
+    auto stream = response.send(400, "Bad Request", headers, bytes.size());
+    auto write = stream->write(bytes.begin(), bytes.size());
+    return write.attach(kj::mv(stream), kj::mv(bytes));
+  }
+
+  const kj::HttpHeaderTable& table_;
 };
 
 class metrics_server_impl final : public metrics_server {
@@ -114,7 +173,10 @@ class metrics_server_impl final : public metrics_server {
       port_ = static_cast<std::int32_t>(listener->getPort());
       kj::HttpHeaderTable table;
       metrics_service service(table, std::move(registry), std::move(before_scrape));
-      kj::HttpServer server(io.provider->getTimer(), table, service);
+      metrics_errors errors(table);
+      kj::HttpServerSettings settings;
+      settings.errorHandler = errors;
+      kj::HttpServer server(io.provider->getTimer(), table, service, settings);
       auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
       ready.set_value(kj::mv(stop.fulfiller));
       started = true;
@@ -127,9 +189,11 @@ class metrics_server_impl final : public metrics_server {
       try {
         throw;
       } catch (const kj::Exception& e) {
-        log::error("metrics: event loop failed: {}", e.getDescription().cStr());
+        log::error("metrics: event loop failed: {}", kj_words(e.getDescription().cStr()));
       } catch (const std::exception& e) {
-        log::error("metrics: event loop failed: {}", e.what());
+        log::error("metrics: event loop failed: {}", kj_words(e.what()));
+      } catch (...) {
+        log::error("metrics: event loop failed (an exception of no known type)");
       }
     }
   }

@@ -25,6 +25,13 @@ enum class errc {
 
 const char* to_string(errc code);
 
+/// An expected failure returned as a value (a refused request, a check that did not pass) to a
+/// caller that decides what happens next; `error` below is the same pair, thrown.
+struct refusal {
+  errc code = errc::internal;
+  std::string message;
+};
+
 /// The one exception type the engine throws; `what()` is a complete sentence for the user.
 class error : public std::runtime_error {
  public:

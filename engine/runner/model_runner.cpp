@@ -237,7 +237,18 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
   for (std::size_t s = 0; s < b.tables.size(); ++s) {
     std::copy(b.tables[s].begin(), b.tables[s].end(), host_tables_.begin() + static_cast<std::ptrdiff_t>(s * width));
   }
+  // A batch the scheduler built wrong is a bug (internal), not a client's bad input: the batcher
+  // checks what clients send before anything is scheduled.
+  if (b.positions.size() != b.tokens.size() || b.seq_of_token.size() != b.tokens.size()) {
+    throw error(errc::internal, "the step has " + std::to_string(n) + " tokens but " +
+                                    std::to_string(b.positions.size()) + " positions and " +
+                                    std::to_string(b.seq_of_token.size()) + " sequence indices");
+  }
   host_slots_.resize(static_cast<std::size_t>(n));
+  // Attention reads, for each token, every cached position of its sequence up to its own
+  // (table[p / block_size] for all p <= pos), so the table must cover the furthest of them with
+  // blocks of this cache: checked here once, before any kernel reads through it.
+  std::vector<std::int32_t> furthest(b.tables.size(), -1);
   for (std::int64_t t = 0; t < n; ++t) {
     if (b.tokens[t] < 0 || b.tokens[t] >= c.vocab_size) {
       throw error(errc::out_of_range, "token id " + std::to_string(b.tokens[t]) + " is outside the vocabulary (" +
@@ -247,14 +258,34 @@ void model_runner::forward(const forward_batch& b, std::vector<float>& logits) {
       throw error(errc::out_of_range, "position " + std::to_string(b.positions[t]) + " is beyond the context (" +
                                           std::to_string(c.max_positions) + ")");
     }
-    const auto& table = b.tables[static_cast<std::size_t>(b.seq_of_token[t])];
-    const std::size_t block = static_cast<std::size_t>(b.positions[t] / bs);
-    if (block >= table.size() || table[block] < 0 || table[block] >= cache_.num_blocks()) {
-      throw error(errc::out_of_range, "position " + std::to_string(b.positions[t]) +
-                                          " has no KV block in its sequence's table (" + std::to_string(table.size()) +
-                                          " blocks of " + std::to_string(bs) + ")");
+    const std::int32_t seq = b.seq_of_token[t];
+    if (seq < 0 || static_cast<std::size_t>(seq) >= b.tables.size()) {
+      throw error(errc::internal, "token " + std::to_string(t) + " names sequence " + std::to_string(seq) +
+                                      " of a step with " + std::to_string(b.tables.size()) + " block tables");
     }
-    host_slots_[t] = table[block] * bs + b.positions[t] % bs;
+    furthest[static_cast<std::size_t>(seq)] = std::max(furthest[static_cast<std::size_t>(seq)], b.positions[t]);
+  }
+  for (std::size_t s = 0; s < b.tables.size(); ++s) {
+    if (furthest[s] < 0) continue;
+    const auto& table = b.tables[s];
+    const std::size_t needed = static_cast<std::size_t>(furthest[s] / bs) + 1;
+    if (table.size() < needed) {
+      throw error(errc::internal, "sequence " + std::to_string(s) + " attends up to position " +
+                                      std::to_string(furthest[s]) + ", which needs " + std::to_string(needed) +
+                                      " KV blocks of " + std::to_string(bs) + ", but its table has " +
+                                      std::to_string(table.size()));
+    }
+    for (std::size_t i = 0; i < needed; ++i) {
+      if (table[i] < 0 || table[i] >= cache_.num_blocks()) {
+        throw error(errc::internal, "sequence " + std::to_string(s) + "'s block table names block " +
+                                        std::to_string(table[i]) + " at index " + std::to_string(i) +
+                                        ", outside the cache's " + std::to_string(cache_.num_blocks()) + " blocks");
+      }
+    }
+  }
+  for (std::int64_t t = 0; t < n; ++t) {
+    const auto& table = b.tables[static_cast<std::size_t>(b.seq_of_token[t])];
+    host_slots_[t] = table[static_cast<std::size_t>(b.positions[t] / bs)] * bs + b.positions[t] % bs;
   }
   scratch_.reset();
   step_inputs in;

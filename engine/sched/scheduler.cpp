@@ -19,21 +19,29 @@ bool scheduler::before(const sequence& a, const sequence& b) const {
 }
 
 bool scheduler::add(std::unique_ptr<sequence> s, std::string* why) {
+  refusal r;
+  const bool ok = add(std::move(s), &r);
+  if (!ok && why) *why = std::move(r.message);
+  return ok;
+}
+
+bool scheduler::add(std::unique_ptr<sequence> s, refusal* why) {
   const std::int64_t need = (static_cast<std::int64_t>(s->tokens.size()) + s->max_tokens + opts_.block_size - 1) /
                             opts_.block_size;
   if (need > pool_.total()) {
     if (why) {
-      *why = "the request needs " + std::to_string(need * opts_.block_size) + " KV slots but the replica has " +
-             std::to_string(static_cast<std::int64_t>(pool_.total()) * opts_.block_size);
+      *why = {errc::out_of_range, "the request needs " + std::to_string(need * opts_.block_size) +
+                                      " KV slots but the replica has " +
+                                      std::to_string(static_cast<std::int64_t>(pool_.total()) * opts_.block_size)};
     }
     return false;
   }
   if (static_cast<std::int32_t>(waiting_.size()) >= opts_.max_waiting) {
-    if (why) *why = "the replica's queue is full (" + std::to_string(opts_.max_waiting) + " waiting)";
+    if (why) *why = {errc::overloaded, "the replica's queue is full (" + std::to_string(opts_.max_waiting) + " waiting)"};
     return false;
   }
   if (all_.count(s->id)) {
-    if (why) *why = "request id '" + s->id + "' is already in flight";
+    if (why) *why = {errc::invalid_argument, "request id '" + s->id + "' is already in flight"};
     return false;
   }
   s->arrival = next_arrival_++;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/error.hpp"
 #include "engine/kv/kv_cache.hpp"
 
 namespace shoal::sched {
@@ -70,6 +71,9 @@ class scheduler {
   /// Queues a sequence. Returns false (and keeps nothing) when the waiting queue is full or the
   /// sequence can never fit the pool (its prompt + max_tokens need more blocks than exist).
   bool add(std::unique_ptr<sequence> s, std::string* why = nullptr);
+  /// As above, saying why as a code the batcher passes on: out_of_range (can never fit),
+  /// overloaded (queue full) or invalid_argument (the id is already queued or running).
+  bool add(std::unique_ptr<sequence> s, refusal* why);
   /// Plans the next step. May preempt running sequences to make room.
   step_plan schedule();
   /// Records a finished step: `sampled[i]` is the token sampled for the i-th item with sample=true.

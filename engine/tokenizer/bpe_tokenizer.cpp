@@ -101,18 +101,33 @@ void added_token_matcher::add(std::string_view content, std::int32_t id, bool ls
   nodes_[n].rstrip = rstrip;
 }
 
-void added_token_matcher::find_all(std::string_view text, std::vector<match>& out) const {
+namespace {
+
+// Whether [begin, end) lies inside one of `ranges` (sorted, not overlapping).
+bool inside(const std::vector<byte_range>& ranges, std::size_t begin, std::size_t end) {
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), begin,
+                             [](std::size_t b, const byte_range& r) { return b < r.begin; });
+  if (it == ranges.begin()) return false;
+  --it;
+  return it->begin <= begin && end <= it->end;
+}
+
+}  // namespace
+
+void added_token_matcher::find_all(std::string_view text, std::vector<match>& out,
+                                   const std::vector<byte_range>* allowed) const {
   if (count_ == 0) return;
+  if (allowed && allowed->empty()) return;
   std::size_t last_end = 0;
   std::size_t i = 0;
   while (i < text.size()) {
-    // Longest token starting at i; the first i with any match wins (leftmost-longest).
+    // Longest (allowed) token starting at i; the first i with any match wins (leftmost-longest).
     std::int32_t n = 0, best = -1;
     std::size_t best_end = 0;
     for (std::size_t j = i; j < text.size(); ++j) {
       n = child(n, static_cast<unsigned char>(text[j]));
       if (n < 0) break;
-      if (nodes_[n].id >= 0) {
+      if (nodes_[n].id >= 0 && (!allowed || inside(*allowed, i, j + 1))) {
         best = n;
         best_end = j + 1;
       }
@@ -223,32 +238,63 @@ void bpe_tokenizer::merge_word(std::string_view word, std::vector<std::int32_t>&
 
 std::vector<std::int32_t> bpe_tokenizer::encode(std::string_view text,
                                                 const encode_options& opts) const {
+  return encode_within(text, opts, nullptr);
+}
+
+std::vector<std::int32_t> bpe_tokenizer::encode(std::string_view text, const encode_options& opts,
+                                                const std::vector<byte_range>& special_ranges) const {
+  return encode_within(text, opts, &special_ranges);
+}
+
+std::vector<std::int32_t> bpe_tokenizer::encode_within(std::string_view text, const encode_options& opts,
+                                                       const std::vector<byte_range>* ranges) const {
   // Regexes and character iteration need well-formed UTF-8; ill-formed input is repaired the way
   // decode() repairs output (U+FFFD per maximal ill-formed subpart) rather than rejected.
   std::string repaired;
-  if (!utf8::is_valid(text)) {
+  const bool valid = utf8::is_valid(text);
+  if (!valid) {
     repaired = utf8::repair(text);
     text = repaired;
   }
   std::vector<std::int32_t> out;
   out.reserve(text.size() / 3 + 2);
+  // Ranges point into the text as given; repairing moved the offsets, so nothing may match.
+  static const std::vector<byte_range> nowhere;
+  const std::vector<byte_range>* allowed = ranges && !valid ? &nowhere : ranges;
   if (opts.add_special && add_bos_) out.push_back(bos_id_);
-  encode_text(text, opts.parse_special, out);
+  encode_text(text, opts.parse_special, allowed, out);
   if (opts.add_special && add_eos_) out.push_back(eos_id_);
   return out;
 }
 
 void bpe_tokenizer::encode_text(std::string_view text, bool parse_special,
+                                const std::vector<byte_range>* allowed,
                                 std::vector<std::int32_t>& out) const {
   // tokenizers' AddedVocabulary: tokens with normalized=false are cut out of the raw text first;
   // the rest is normalized piece by piece and searched for normalized=true tokens; what remains
   // goes to the pre-tokenizer and the model. Neighbours of a token stay ordinary text.
   std::vector<added_token_matcher::match> raw, norm;
-  auto gap = [&](std::string_view seg, bool at_start) {
+  std::vector<byte_range> shifted;
+  auto gap = [&](std::string_view seg, std::size_t seg_begin, bool at_start) {
     std::string n = normalize(seg, at_start);
     if (n.empty()) return;
     norm.clear();
-    if (parse_special) normalized_matcher_.find_all(n, norm);
+    if (parse_special && !allowed) {
+      normalized_matcher_.find_all(n, norm);
+    } else if (parse_special && n == seg) {
+      // Normalizing changed nothing (byte-level tokenizers): offsets in `n` are offsets in `seg`.
+      shifted.clear();
+      for (const auto& r : *allowed) {
+        if (r.end <= seg_begin || r.begin >= seg_begin + seg.size()) continue;
+        shifted.push_back({std::max(r.begin, seg_begin) - seg_begin,
+                           std::min(r.end, seg_begin + seg.size()) - seg_begin});
+      }
+      normalized_matcher_.find_all(n, norm, &shifted);
+    } else if (parse_special && inside(*allowed, seg_begin, seg_begin + seg.size())) {
+      // Normalizing moved offsets: a piece wholly inside a range matches as usual; any other
+      // matches nothing, so that no user text can become a token (the safe side).
+      normalized_matcher_.find_all(n, norm);
+    }
     std::size_t prev = 0;
     std::string_view nv = n;
     for (const auto& m : norm) {
@@ -259,14 +305,14 @@ void bpe_tokenizer::encode_text(std::string_view text, bool parse_special,
     }
     if (prev < nv.size()) encode_segment(nv.substr(prev), at_start && prev == 0, out);
   };
-  if (parse_special) raw_matcher_.find_all(text, raw);
+  if (parse_special) raw_matcher_.find_all(text, raw, allowed);
   std::size_t prev = 0;
   for (const auto& m : raw) {
-    if (m.begin > prev) gap(text.substr(prev, m.begin - prev), prev == 0);
+    if (m.begin > prev) gap(text.substr(prev, m.begin - prev), prev, prev == 0);
     out.push_back(m.id);
     prev = m.end;
   }
-  if (prev < text.size()) gap(text.substr(prev), prev == 0);
+  if (prev < text.size()) gap(text.substr(prev), prev, prev == 0);
 }
 
 std::string bpe_tokenizer::decode(std::span<const std::int32_t> ids, bool skip_special) const {

@@ -69,8 +69,11 @@ class added_token_matcher {
   };
   void add(std::string_view content, std::int32_t id, bool lstrip, bool rstrip);
   bool empty() const { return count_ == 0; }
-  /// Appends the matches in `text`, left to right, non-overlapping.
-  void find_all(std::string_view text, std::vector<match>& out) const;
+  /// Appends the matches in `text`, left to right, non-overlapping. With `allowed`, only tokens
+  /// whose text [begin, end) (before lstrip/rstrip widen it) lies wholly inside one of those
+  /// ranges (sorted, offsets into `text`) count; elsewhere the text matches nothing.
+  void find_all(std::string_view text, std::vector<match>& out,
+                const std::vector<byte_range>* allowed = nullptr) const;
 
  private:
   struct node {
@@ -97,6 +100,8 @@ class bpe_tokenizer : public tokenizer {
  public:
   std::vector<std::int32_t> encode(std::string_view text,
                                    const encode_options& opts = {}) const final;
+  std::vector<std::int32_t> encode(std::string_view text, const encode_options& opts,
+                                   const std::vector<byte_range>& special_ranges) const final;
   std::string decode(std::span<const std::int32_t> ids, bool skip_special = false) const final;
   std::string token_text(std::int32_t id) const final;
   bool is_special(std::int32_t id) const final;
@@ -145,7 +150,10 @@ class bpe_tokenizer : public tokenizer {
   static constexpr std::uint8_t flag_special = 2;
 
  private:
-  void encode_text(std::string_view text, bool parse_special, std::vector<std::int32_t>& out) const;
+  std::vector<std::int32_t> encode_within(std::string_view text, const encode_options& opts,
+                                          const std::vector<byte_range>* allowed) const;
+  void encode_text(std::string_view text, bool parse_special, const std::vector<byte_range>* allowed,
+                   std::vector<std::int32_t>& out) const;
 };
 
 /// SentencePiece-style BPE: "▁" for spaces (Prepend/Replace normalizer or Metaspace), merges by

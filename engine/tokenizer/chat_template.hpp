@@ -4,8 +4,11 @@
 // `eos_token` (plus `tools` when given). Unknown constructs throw shoal::error naming the feature.
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "engine/tokenizer/tokenizer.hpp"
 
 namespace shoal {
 
@@ -28,5 +31,23 @@ std::string render_chat_template(const std::string& source, const chat_template_
 /// here overrides the same key from `vars`.
 std::string render_chat_template(const std::string& source, const chat_template_vars& vars,
                                  const nlohmann::ordered_json& extra_vars);
+
+/// A chat rendered with where its contents went: the text, and the byte ranges of it that the
+/// template wrote itself. Everything between those ranges came from the caller's strings (message
+/// contents, tool-call names and arguments), which must be tokenized as text: encode with
+/// encode_options::special_ranges = template_ranges.
+struct located_chat {
+  std::string text;                       // exactly render_chat_template's result
+  std::vector<byte_range> template_ranges;  // sorted; empty when !located
+  /// False when the template transforms contents (trims, splits, compares or filters them), so
+  /// where they lie in `text` is unknown.
+  bool located = false;
+  std::vector<std::string> contents;  // the caller's strings, as given
+};
+
+/// Renders like render_chat_template and finds the contents: it renders once more with a unique
+/// sentinel in place of each content string, puts the contents back where the sentinels came out,
+/// and trusts the positions only when that gives exactly the normal rendering.
+located_chat render_chat_template_located(const std::string& source, const chat_template_vars& vars);
 
 }  // namespace shoal

@@ -16,6 +16,12 @@ namespace shoal {
 
 class gguf_file;
 
+/// [begin, end) byte offsets into a text.
+struct byte_range {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+};
+
 struct encode_options {
   /// Add what the tokenizer adds around a text (BOS where `add_bos_token` says so).
   /// Default: true.
@@ -40,6 +46,14 @@ class tokenizer {
   /// Ids for `text` (ill-formed UTF-8 in it is first repaired to U+FFFD).
   virtual std::vector<std::int32_t> encode(std::string_view text,
                                            const encode_options& opts = {}) const = 0;
+  /// As encode(text, opts), with parse_special matching added tokens only where they lie wholly
+  /// inside one of `special_ranges` (sorted, not overlapping), e.g. the text a chat template wrote
+  /// itself, so that token strings in what a user wrote stay text. The text is still split at the
+  /// tokens that match, exactly as without ranges, so a text whose other parts hold no token
+  /// strings gives the same ids as encode(text, opts). Text that is not valid UTF-8 (repaired
+  /// before encoding, which moves offsets) matches no token.
+  virtual std::vector<std::int32_t> encode(std::string_view text, const encode_options& opts,
+                                           const std::vector<byte_range>& special_ranges) const = 0;
   /// Decodes to UTF-8. Invalid UTF-8 becomes U+FFFD, one per maximal ill-formed subpart (Rust's
   /// from_utf8_lossy, as Hugging Face's byte-level decoder does). `skip_special` drops special
   /// tokens. Throws shoal::error(out_of_range) naming an id outside the vocabulary.

@@ -2,6 +2,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <chrono>
+
 #include <nlohmann/json.hpp>
 
 #include "tests/support/local_cluster.hpp"
@@ -105,6 +107,37 @@ BOOST_AUTO_TEST_CASE(no_gateway_is_a_clear_error) {
   r = run_shoal({"client", "generate", "--connect", "nocolon", "--prompt", "hi"}, 60);
   BOOST_CHECK_EQUAL(r.status, 1);
   BOOST_CHECK_MESSAGE(r.err.find("HOST:PORT") != std::string::npos, r.err);
+}
+
+// Pointed at a port that is not the RPC gateway (the HTTP API, the metrics endpoint, the node's
+// actor port), the client says so within its call timeout and prints nothing of an answer.
+BOOST_AUTO_TEST_CASE(a_port_that_is_not_the_rpc_gateway_is_named,
+                     *boost::unit_test::precondition(needs_shared{kStories})) {
+  auto cluster = one_node();
+  const std::vector<std::pair<std::string, int>> ports = {{"the HTTP API", cluster->http_port()},
+                                                          {"the metrics endpoint", cluster->metrics_port("n0")},
+                                                          {"the actor port", cluster->actor_port("n0")}};
+  for (const auto& [what, port] : ports) {
+    BOOST_TEST_CONTEXT(what << " (" << port << ")") {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto r = run_shoal({"client", "generate", "--connect", "127.0.0.1:" + std::to_string(port), "--prompt",
+                          "Once upon a time", "--max-tokens", "4"},
+                         120);
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      BOOST_TEST(r.status == 1, r.out << r.err);
+      BOOST_TEST(r.err.find("not a Shoal RPC gateway") != std::string::npos, r.err);
+      BOOST_TEST(r.err.find("127.0.0.1:" + std::to_string(port)) != std::string::npos, r.err);
+      BOOST_TEST(r.out.empty(), "printed before the connection worked: " << r.out);
+      // The client's call timeout is 30 s by default.
+      BOOST_TEST(took < 32.0, "took " << took << " s");
+    }
+  }
+  // The gateway itself still answers, and a generation prints the prompt then the text.
+  auto ok = run_shoal({"client", "generate", "--connect", "127.0.0.1:" + std::to_string(cluster->rpc_port()),
+                       "--prompt", "Once upon a time", "--max-tokens", "4"},
+                      60);
+  BOOST_TEST(ok.status == 0, ok.err);
+  BOOST_TEST(ok.out.rfind("Once upon a time", 0) == 0u, ok.out);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -8,6 +8,7 @@
 #include "engine/model/model.hpp"
 #include "engine/runner/generate.hpp"
 #include "tests/support/local_cluster.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/shared.hpp"
 
 using shoal::test::local_cluster;
@@ -101,6 +102,62 @@ BOOST_AUTO_TEST_CASE(one_node_goldens_and_concurrency, *boost::unit_test::precon
   for (auto& t : ts) t.join();
   for (int i = 0; i < 16; ++i) {
     BOOST_TEST(got[i] == alone(*m, prompts[i], lengths[i]), "request " << i);
+  }
+}
+
+// A seeded, non-greedy request through the cluster (gateway -> router -> batcher -> rank 0's
+// sampler in another process) gives the same tokens and text as `shoal generate --seed` with the
+// same parameters: every sampling parameter, the seed included, arrives intact.
+BOOST_AUTO_TEST_CASE(seeded_sampling_matches_shoal_generate, *boost::unit_test::precondition(needs_shared{kStories})) {
+  local_cluster cl(shared_path(kStories), {{"front", {"router", "gateway"}, 1}, {"wa", {"worker"}, 1}},
+                   {{"r0", {"wa"}, 4096, 32, 256, 256}});
+  cl.wait_ready();
+  auto m = shoal::model::load(shared_path(kStories));
+  const std::string prompt = "Once upon a time";
+  const auto greedy_ids = alone(*m, m->tok().encode(prompt), 40);
+  struct sampling_case {
+    float temperature;
+    int top_k;
+    float top_p, min_p, repetition, presence, frequency;
+    std::uint64_t seed;
+  };
+  for (const auto& k : {sampling_case{0.8f, 40, 0.9f, 0.05f, 1.1f, 0.2f, 0.3f, 42},
+                        sampling_case{1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 7}}) {
+    auto cli = shoal::test::run_shoal(
+        {"generate", "--model", shared_path(kStories), "--prompt", prompt, "--max-tokens", "40", "--ignore-eos",
+         "--threads", "1", "--json", "--temperature", std::to_string(k.temperature), "--top-k", std::to_string(k.top_k),
+         "--top-p", std::to_string(k.top_p), "--min-p", std::to_string(k.min_p), "--repetition-penalty",
+         std::to_string(k.repetition), "--presence-penalty", std::to_string(k.presence), "--frequency-penalty",
+         std::to_string(k.frequency), "--seed", std::to_string(k.seed)});
+    BOOST_REQUIRE_MESSAGE(cli.status == 0, cli.err);
+    auto want = nlohmann::json::parse(cli.out);
+    const auto want_ids = want["generated_ids"].get<std::vector<std::int32_t>>();
+
+    shoal::client::client c("127.0.0.1", cl.rpc_port());
+    shoal::client::generate_params p;
+    p.prompt = prompt;
+    p.max_tokens = 40;
+    p.ignore_eos = true;
+    // The values above print and parse back exactly, so the CLI got these very floats.
+    p.sampling.temperature = k.temperature;
+    p.sampling.top_k = k.top_k;
+    p.sampling.top_p = k.top_p;
+    p.sampling.min_p = k.min_p;
+    p.sampling.repetition_penalty = k.repetition;
+    p.sampling.presence_penalty = k.presence;
+    p.sampling.frequency_penalty = k.frequency;
+    p.sampling.seed = k.seed;
+    std::vector<std::int32_t> ids;
+    std::string text;
+    c.generate(p, [&](const shoal::client::chunk& ch) {
+      ids.insert(ids.end(), ch.ids.begin(), ch.ids.end());
+      text += ch.text;
+      return true;
+    });
+    BOOST_TEST_MESSAGE("seed " << k.seed << ": " << text);
+    BOOST_TEST(ids != greedy_ids, "seed " << k.seed << " sampled the greedy answer: the case tests nothing");
+    BOOST_TEST(ids == want_ids, boost::test_tools::per_element());
+    BOOST_TEST(text == want["generated_text"].get<std::string>());
   }
 }
 

@@ -19,6 +19,7 @@
 #include "governance/auth.hpp"
 #include "tests/support/http.hpp"
 #include "tests/support/local_cluster.hpp"
+#include "tests/support/planted_pii.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/shared.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -253,8 +254,11 @@ BOOST_AUTO_TEST_CASE(cache_hits_are_per_tenant_and_domain, *boost::unit_test::pr
   BOOST_CHECK_EQUAL(run(alpha, bad_id).ids.size(), 16u);
   BOOST_CHECK(is_cached(run(alpha, p)));
 
+  // Planted personal data, from a sensitive tenant too: its logs are scanned at the end.
+  run(alpha, greedy(shoal::test::pii_sentence(), 4));
   // The sensitive domain caches its answers sealed: the text is nowhere in the database.
   auto secret = g.client(kSecret);
+  run(secret, greedy(shoal::test::pii_sentence(), 4));
   const auto sp = greedy("Lily and Tom went to the big", 24);
   auto sfirst = run(secret, sp);
   auto ssecond = run(secret, sp);
@@ -272,6 +276,7 @@ BOOST_AUTO_TEST_CASE(cache_hits_are_per_tenant_and_domain, *boost::unit_test::pr
   for (const auto& f : std::filesystem::recursive_directory_iterator(cache_db)) {
     if (f.is_regular_file()) BOOST_CHECK(read_file(f.path()).find(sfirst.text) == std::string::npos);
   }
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
 }
 
 BOOST_AUTO_TEST_CASE(planted_personal_data_is_never_stored_in_clear,
@@ -296,6 +301,7 @@ BOOST_AUTO_TEST_CASE(planted_personal_data_is_never_stored_in_clear,
     }
     work.push_back(p);
   }
+  work.push_back({shoal::test::pii_sentence(), shoal::test::planted_pii()});
   std::atomic<int> next{0}, failures{0};
   std::vector<std::thread> ts;
   for (int t = 0; t < 4; ++t) {
@@ -340,6 +346,60 @@ BOOST_AUTO_TEST_CASE(planted_personal_data_is_never_stored_in_clear,
     }
   }
   BOOST_CHECK_EQUAL(leaks, 0);
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
+}
+
+// Not only prompts: whatever a client writes that an audit record quotes (a request id, a model
+// name, a request kind, an admin filter, and the refusals that repeat them) is masked before it is
+// stored.
+BOOST_AUTO_TEST_CASE(client_text_in_audit_records_is_masked, *boost::unit_test::precondition(needs_shared{kStories})) {
+  governed_cluster g;
+  const auto& v = shoal::test::planted_pii();  // an email, a mobile number, an ID, a card
+  auto alpha = g.client(kAlpha);
+  auto served = greedy("Once upon a time", 4);
+  served.no_cache = true;
+  served.request_id = "id " + v[0];
+  BOOST_CHECK_EQUAL(run(alpha, served).ids.size(), 4u);
+  auto model = greedy("Once upon a time", 4);
+  model.model = "model " + v[1];
+  expect_refused([&] { run(alpha, model); }, shoal::errc::not_found, "a model name with a phone number");
+  auto kind = greedy("Once upon a time", 4);
+  kind.kind = "kind " + v[2];
+  expect_refused([&] { run(alpha, kind); }, shoal::errc::invalid_argument, "a kind with an ID number");
+  auto admin = g.client(kAdmin);
+  shoal::client::admin_params q;
+  q.op = "query";
+  q.principal = "principal " + v[3];
+  q.operation = "operation " + v[0];
+  q.tenant = "tenant " + v[1];
+  admin.admin(q);
+  q.since = "since " + v[2];  // not a date: the failed query is audited, quoting it
+  expect_refused([&] { admin.admin(q); }, shoal::errc::invalid_argument, "a since that is not a date");
+  shoal::client::admin_params u;
+  u.op = "unblock";
+  u.principal = "who " + v[3];
+  expect_refused([&] { admin.admin(u); }, shoal::errc::not_found, "unblocking a principal that is not blocked");
+  g.cluster->stop_node("n0");
+  const std::string db = g.cluster->data_dir("n0") + "/audit";
+  flush_and_compact(db);
+  std::string stored = rocksdb_contents(db);
+  for (const auto& f : std::filesystem::recursive_directory_iterator(db)) {
+    if (f.is_regular_file()) stored += read_file(f.path());
+  }
+  // The search finds what is there: the masked forms of the fields.
+  for (const char* masked :
+       {"id [EMAIL]", "model [PHONE]", "kind [ID]", "principal [CARD]", "since [ID]", "who [CARD]"}) {
+    BOOST_CHECK_MESSAGE(stored.find(masked) != std::string::npos, "'" << masked << "' is not in the audit store");
+  }
+  for (const auto& value : v) {
+    const auto at = stored.find(value);
+    BOOST_CHECK_MESSAGE(at == std::string::npos, "planted value " << value << " is in the audit store in clear: ..."
+                                                                   << (at == std::string::npos ? "" : stored.substr(at > 80 ? at - 80 : 0, 160))
+                                                                   << "...");
+  }
+  auto log = shoal::governance::audit_log::open(db, true);
+  BOOST_CHECK(log->verify().ok);
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
 }
 
 BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
@@ -377,6 +437,7 @@ BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
   g.cluster->wait_ready(90);
   auto alpha = g.client(kAlpha);
   run(alpha, greedy("After the restart", 4));
+  run(alpha, greedy(shoal::test::pii_sentence(), 4));
   g.cluster->stop_node("n0");
   auto v = shoal::test::run_shoal({"audit", "verify", "--db", db});
   BOOST_CHECK_MESSAGE(v.status == 0, v.out << v.err);
@@ -396,6 +457,7 @@ BOOST_AUTO_TEST_CASE(acknowledged_requests_are_audited_through_kill_9,
     if (!recorded.count(id) && ++missing <= 5) BOOST_ERROR("acknowledged request " << id << " has no audit record");
   }
   BOOST_CHECK_EQUAL(missing, 0);
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
 }
 
 BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
@@ -442,6 +504,10 @@ BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
   admin.admin(u);
   auto after = run(alpha2, greedy("Once upon a time", 4));
   BOOST_CHECK_EQUAL(after.ids.size(), 4u);
+  shoal::client::admin_params filtered;
+  filtered.op = "query";
+  filtered.principal = shoal::test::pii_sentence();
+  admin.admin(filtered);
 
   // The block and the unblock are in the audit log, and the chain verifies.
   g.cluster->stop_node("n0");
@@ -465,6 +531,7 @@ BOOST_AUTO_TEST_CASE(export_rule_blocks_across_restart_until_an_audited_unblock,
   BOOST_CHECK_EQUAL(deploys, 2);  // the first start and the restart
   BOOST_CHECK_GE(refused_blocked, 2);
   BOOST_CHECK(log->verify().ok);
+  shoal::test::expect_no_planted_pii_in_logs(*g.cluster);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "engine/common/error.hpp"
 #include "engine/model/model.hpp"
 #include "engine/runner/model_runner.hpp"
 #include "tests/support/shared.hpp"
@@ -167,6 +168,43 @@ BOOST_AUTO_TEST_CASE(tensor_parallel_two_ranks_equal_whole, *boost::unit_test::p
     BOOST_TEST(max_abs_diff(expect, l0) <= 1e-4f, path);
     BOOST_TEST(max_abs_diff(expect, l1) <= 1e-4f, path);
   }
+}
+
+// Attention reads every cached position of a sequence up to each token's own, through the block
+// table: a table that does not cover them with valid blocks is a scheduler bug (internal), caught
+// before any kernel reads outside the cache, not a client's bad input.
+BOOST_AUTO_TEST_CASE(forward_refuses_tables_that_do_not_cover_what_attention_reads,
+                     *boost::unit_test::precondition(needs_shared{kStoriesGguf})) {
+  auto m = shoal::model::load(shared_path(kStoriesGguf));
+  auto be = shoal::kernels::make_reference_backend();
+  shoal::model_runner r(*m, *be, {}, nullptr, shoal::kv_cache_options{.block_size = 4, .num_blocks = 8});
+  std::vector<float> logits;
+  auto decode_at = [&](std::int32_t pos, const std::vector<std::int32_t>& table) {
+    shoal::forward_batch b;
+    b.add(5, pos, table, true);
+    r.forward(b, logits);
+  };
+  auto internal = [](const shoal::error& e) {
+    BOOST_TEST_MESSAGE("refused: " << shoal::to_string(e.code()) << ": " << e.what());
+    return e.code() == shoal::errc::internal;
+  };
+  // Valid tables pass: position 9 reads blocks 0..2.
+  decode_at(9, {3, 1, 2});
+  BOOST_TEST(logits.size() == static_cast<std::size_t>(m->config().vocab_size));
+  // Too short for the token's own position.
+  BOOST_CHECK_EXCEPTION(decode_at(9, {3, 1}), shoal::error, internal);
+  // The token's own block is fine, an earlier one it attends to is not a block of the cache.
+  BOOST_CHECK_EXCEPTION(decode_at(9, {8, 1, 2}), shoal::error, internal);
+  BOOST_CHECK_EXCEPTION(decode_at(9, {3, -1, 2}), shoal::error, internal);
+  // A batch whose token lists disagree, or that names a sequence it has no table for.
+  shoal::forward_batch bad;
+  bad.add(5, 0, std::vector<std::int32_t>{0}, true);
+  bad.positions.push_back(1);
+  BOOST_CHECK_EXCEPTION(r.forward(bad, logits), shoal::error, internal);
+  shoal::forward_batch orphan;
+  orphan.add(5, 0, std::vector<std::int32_t>{0}, true);
+  orphan.seq_of_token[0] = 3;
+  BOOST_CHECK_EXCEPTION(r.forward(orphan, logits), shoal::error, internal);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <fstream>
 #include <map>
@@ -88,15 +89,22 @@ struct replica_def {
   int token_budget = 256;
   int max_waiting = 256;
   std::string parallel = "tensor";  // replica 'parallel': tensor or expert
+  std::string extra_yaml = {};      // more keys of this replica, one "key: value" a line
 };
 
 class local_cluster {
  public:
   /// `extra_yaml` is appended to the config (auth, tenants, ...). With `start_workers` false only
-  /// the router's node starts; start_node() starts the others.
+  /// the router's node starts; start_node() starts the others. `node_yaml` adds keys to the named
+  /// nodes, each line "    key: value\n".
   local_cluster(const std::string& model_path, std::vector<node_def> nodes, std::vector<replica_def> replicas,
-                const std::string& extra_yaml = "", bool start_workers = true)
-      : model_path_(model_path), nodes_(std::move(nodes)), replicas_(std::move(replicas)), extra_yaml_(extra_yaml) {
+                const std::string& extra_yaml = "", bool start_workers = true,
+                std::map<std::string, std::string> node_yaml = {})
+      : model_path_(model_path),
+        nodes_(std::move(nodes)),
+        replicas_(std::move(replicas)),
+        extra_yaml_(extra_yaml),
+        node_yaml_(std::move(node_yaml)) {
     write_config();
     start_in_order([&](const node_def& n) { return start_workers || is_router(n); });
   }
@@ -125,6 +133,8 @@ class local_cluster {
   /// Starts a node (one held back, or again after kill_node: same config and data directory).
   void start_node(const std::string& name) { start(name); }
   int metrics_port(const std::string& node) const { return metrics_ports_.at(node); }
+  /// The node's CAF port (actor messages).
+  int actor_port(const std::string& node) const { return ports_.at(node); }
   pid_t pid(const std::string& node) const { return pids_.at(node); }
 
   /// Waits until health says ready and every replica is healthy (or throws with the last detail).
@@ -176,6 +186,25 @@ class local_cluster {
     pids_[node] = -1;
   }
 
+  /// Stops every node (SIGTERM) and waits for each; what they log on the way out is in their logs.
+  void stop_all() {
+    for (auto& [name, pid] : pids_) stop_node(name);
+  }
+
+  /// Everything every node has written to its log so far (including logs of earlier starts moved
+  /// aside after a port race).
+  std::string all_logs() const {
+    std::string out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      if (e.path().filename().string().find(".log") == std::string::npos) continue;
+      std::ifstream f(e.path(), std::ios::binary);
+      std::stringstream text;
+      text << f.rdbuf();
+      out += text.str();
+    }
+    return out;
+  }
+
   /// SIGKILLs one node's process (a crash, not a shutdown).
   void kill_node(const std::string& node) {
     if (pids_.at(node) <= 0) return;  // already reaped
@@ -194,6 +223,7 @@ class local_cluster {
       y += "  - name: " + n.name + "\n    host: 127.0.0.1\n    port: " + std::to_string(ports_[n.name]) + "\n    roles: [";
       for (std::size_t i = 0; i < n.roles.size(); ++i) y += (i ? ", " : "") + n.roles[i];
       y += "]\n    threads: " + std::to_string(n.threads) + "\n";
+      if (auto it = node_yaml_.find(n.name); it != node_yaml_.end()) y += it->second;
       metrics_ports_[n.name] = free_port();
       y += "    metrics_port: " + std::to_string(metrics_ports_[n.name]) + "\n";
       for (auto& r : n.roles) {
@@ -212,6 +242,8 @@ class local_cluster {
       y += "]\n    kv_cache_tokens: " + std::to_string(r.kv_cache_tokens) + "\n    max_running: " +
            std::to_string(r.max_running) + "\n    token_budget: " + std::to_string(r.token_budget) +
            "\n    max_waiting: " + std::to_string(r.max_waiting) + "\n    parallel: " + r.parallel + "\n";
+      std::istringstream extra(r.extra_yaml);
+      for (std::string line; std::getline(extra, line);) y += "    " + line + "\n";
     }
     y += extra_yaml_;
     // Tests measure the model unless they ask for the answer cache.
@@ -317,6 +349,7 @@ class local_cluster {
   std::vector<node_def> nodes_;
   std::vector<replica_def> replicas_;
   std::string extra_yaml_;
+  std::map<std::string, std::string> node_yaml_;
   std::map<std::string, std::string> ended_;  // how a node reaped by the harness ended
   int port_restarts_ = 0;
   std::map<std::string, int> ports_;

@@ -118,16 +118,23 @@ int stream_and_print(const generation_flags& f, const std::string& echo, Run&& r
   std::string text;
   const auto t0 = clock_type::now();
   double client_ttft = -1;
-  if (!f.json) std::cout << echo << std::flush;
+  // The prompt is echoed once the gateway answers, so a failed connection prints nothing.
+  bool echoed = f.json;
+  auto echo_once = [&] {
+    if (!echoed) std::cout << echo << std::flush;
+    echoed = true;
+  };
   auto s = run([&](const client::chunk& c) {
     if (client_ttft < 0 && !c.ids.empty()) client_ttft = seconds_between(t0, clock_type::now());
     ids.insert(ids.end(), c.ids.begin(), c.ids.end());
     text += c.text;
+    echo_once();
     if (!f.json) std::cout << c.text << std::flush;
     return true;
   });
   const double client_total = seconds_between(t0, clock_type::now());
   if (!f.json) {
+    echo_once();
     std::cout << "\n";
     return 0;
   }

@@ -20,15 +20,8 @@ struct generate_args {
   std::string chat_file_path;
   std::string chat_template_path;
   std::int32_t max_tokens = 128;
-  float temperature = 1.0f;
-  std::int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
+  sampling_params sampling;  // the options below write into it; --seed through `seed`
   std::uint64_t seed = 0;
-  bool seed_set = false;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   bool ignore_eos = false;
   bool json = false;
@@ -62,14 +55,7 @@ int run_generate(const generate_args& a) {
   opts.ignore_eos = a.ignore_eos;
   opts.stop = a.stop;
   opts.stop_token_ids = a.stop_ids;
-  opts.sampling.temperature = a.temperature;
-  opts.sampling.top_k = a.top_k;
-  opts.sampling.top_p = a.top_p;
-  opts.sampling.min_p = a.min_p;
-  opts.sampling.repetition_penalty = a.repetition_penalty;
-  opts.sampling.presence_penalty = a.presence_penalty;
-  opts.sampling.frequency_penalty = a.frequency_penalty;
-  if (a.seed_set) opts.sampling.seed = a.seed;
+  opts.sampling = a.sampling;
   if (auto msg = opts.sampling.validate(); !msg.empty()) throw error(errc::invalid_argument, msg);
 
   auto be = kernels::make_cpu_backend(threads);
@@ -120,13 +106,13 @@ runner_fn add_generate(CLI::App& app) {
   p->excludes(c);
   app.add_option("--chat-template", a->chat_template_path, "Use this Jinja template file instead of the model's");
   app.add_option("--max-tokens", a->max_tokens, "Most tokens to generate (default 128)");
-  app.add_option("--temperature", a->temperature, "0 = greedy (default 1)");
-  app.add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = off)");
-  app.add_option("--top-p", a->top_p, "Nucleus sampling mass (1 = off)");
-  app.add_option("--min-p", a->min_p, "Drop tokens below min_p * p(max) (0 = off)");
-  app.add_option("--repetition-penalty", a->repetition_penalty, "Divide logits of seen tokens (1 = off)");
-  app.add_option("--presence-penalty", a->presence_penalty, "Subtract from logits of generated tokens");
-  app.add_option("--frequency-penalty", a->frequency_penalty, "Subtract per occurrence in the output");
+  app.add_option("--temperature", a->sampling.temperature, "0 = greedy (default 1)");
+  app.add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0 = off)");
+  app.add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass (1 = off)");
+  app.add_option("--min-p", a->sampling.min_p, "Drop tokens below min_p * p(max) (0 = off)");
+  app.add_option("--repetition-penalty", a->sampling.repetition_penalty, "Divide logits of seen tokens (1 = off)");
+  app.add_option("--presence-penalty", a->sampling.presence_penalty, "Subtract from logits of generated tokens");
+  app.add_option("--frequency-penalty", a->sampling.frequency_penalty, "Subtract per occurrence in the output");
   auto* seed = app.add_option("--seed", a->seed, "RNG seed: same seed and parameters give the same text");
   app.add_option("--threads", a->threads, "CPU threads (default: all cores)");
   app.add_option("--stop", a->stop, "Stop string (repeatable); the text ends before it");
@@ -138,7 +124,7 @@ runner_fn add_generate(CLI::App& app) {
                "Treat special-token strings in the prompt (e.g. <s>) as plain text");
   app.add_flag("--no-bos", a->no_bos, "Do not add BOS/special tokens around the prompt");
   return [a, seed] {
-    a->seed_set = seed->count() > 0;
+    if (seed->count() > 0) a->sampling.seed = a->seed;
     return run_generate(*a);
   };
 }

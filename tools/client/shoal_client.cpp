@@ -197,6 +197,9 @@ struct client::impl {
   kj::Maybe<kj::ForkedPromise<void>> disconnected;
   kj::Maybe<kj::Promise<void>> disconnect_watch;  // sets `broken` when the connection ends
   bool broken = false;
+  // The peer has answered a call on this connection: it speaks Shoal's RPC. Until then any failure
+  // (no answer, a close, bytes that are not Cap'n Proto) means it is not a Shoal RPC gateway.
+  bool verified = false;
   // cancel() from any thread reaches the running generation through these. A cancel that comes
   // before the gateway has answered (no handle yet) is kept in `cancel_requested`.
   std::mutex cancel_mutex;
@@ -211,6 +214,7 @@ struct client::impl {
   std::string where() const { return host + ":" + std::to_string(port); }
 
   void disconnect() {
+    verified = false;
     shoal = nullptr;
     disconnect_watch = nullptr;
     disconnected = nullptr;
@@ -270,21 +274,53 @@ struct client::impl {
   /// answer within opts.call_timeout_ms (not a Shoal gateway, or a stuck one) is an error naming it.
   template <class T>
   T wait_answer(kj::Promise<T>&& p, const char* call) {
-    if (opts.call_timeout_ms <= 0) return wait(kj::mv(p));
     bool timed_out = false;
-    auto timeout = tio->io.provider->getTimer().afterDelay(opts.call_timeout_ms * kj::MILLISECONDS).then([&timed_out]() -> T {
-      timed_out = true;
-      kj::throwFatalException(KJ_EXCEPTION(FAILED, "call timed out"));
-    });
-    try {
-      return wait(p.exclusiveJoin(kj::mv(timeout)));
-    } catch (const error&) {
-      if (!timed_out) throw;
-      disconnect();
-      throw error(errc::unavailable, "the Shoal gateway at " + where() + " did not answer '" + call + "' within " +
-                                         std::to_string(opts.call_timeout_ms) +
-                                         " ms (is that address a Shoal gateway's RPC port?)");
+    auto timeout = opts.call_timeout_ms <= 0
+                       ? kj::Promise<T>(kj::NEVER_DONE)
+                       : tio->io.provider->getTimer()
+                             .afterDelay(opts.call_timeout_ms * kj::MILLISECONDS)
+                             .then([&timed_out]() -> T {
+                               timed_out = true;
+                               kj::throwFatalException(KJ_EXCEPTION(FAILED, "call timed out"));
+                             });
+    std::optional<T> out;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { out.emplace(p.exclusiveJoin(kj::mv(timeout)).wait(ws())); })) {
+      if (timed_out) {
+        disconnect();
+        throw error(errc::unavailable, "the peer at " + where() + " did not answer '" + call + "' within " +
+                                           std::to_string(opts.call_timeout_ms) +
+                                           " ms: it is not a Shoal RPC gateway, or a stuck one (is that address a "
+                                           "Shoal gateway's RPC port?)");
+      }
+      if (!verified) not_a_gateway(*e);
+      fail(*e);
     }
+    verified = true;
+    return std::move(*out);
+  }
+
+  /// Before a call whose answer may take long (a generation), makes sure the peer is a Shoal RPC
+  /// gateway: one health call within the call timeout on a connection that has not answered yet.
+  void ensure_gateway(const char* call) {
+    if (verified) return;
+    wait_answer(KJ_ASSERT_NONNULL(shoal).healthRequest().send(), call);
+  }
+
+  /// A failure before the peer ever answered: it does not speak Shoal's RPC (an HTTP server closes
+  /// on the Cap'n Proto bytes; a CAF node's handshake reads as a giant message), unless it said
+  /// it is full (a gateway at its connection limit).
+  [[noreturn]] void not_a_gateway(const kj::Exception& e) {
+    const std::string what = e.getDescription().cStr();
+    disconnect();
+    // An exception the peer sent (Cap'n Proto prefixes those so) shows it speaks Cap'n Proto RPC:
+    // a gateway refusing the connection (at its connection limit), not a stranger.
+    if (e.getType() == kj::Exception::Type::OVERLOADED || what.rfind("remote exception: ", 0) == 0) {
+      throw error(errc::overloaded, "the Shoal gateway at " + where() + " refused the connection: " +
+                                        what.substr(what.rfind("remote exception: ", 0) == 0 ? 18 : 0));
+    }
+    throw error(errc::unavailable, "the peer at " + where() +
+                                       " is not a Shoal RPC gateway: the connection failed before any answer (" + what +
+                                       "); is that the gateway's RPC port (rpc_port)?");
   }
 
   [[noreturn]] void fail(const kj::Exception& e) {
@@ -302,6 +338,10 @@ struct client::impl {
       throw error(errc::out_of_range,
                   "the Shoal gateway at " + where() +
                       " refused the message and closed the connection: " + what);
+    }
+    if (e.getType() == kj::Exception::Type::OVERLOADED) {
+      disconnect();
+      throw error(errc::overloaded, "the Shoal gateway at " + where() + " refused: " + what);
     }
     if (e.getType() == kj::Exception::Type::DISCONNECTED) {
       disconnect();
@@ -372,6 +412,7 @@ client::~client() = default;
 
 summary client::generate(const generate_params& params, const chunk_callback& on_chunk) {
   auto& shoal = impl_->connect();
+  impl_->ensure_gateway("generate");
   auto done = kj::newPromiseAndFulfiller<summary>();
   auto state = std::make_shared<stream_state>();
   state->on_chunk = &on_chunk;
@@ -384,6 +425,7 @@ summary client::generate(const generate_params& params, const chunk_callback& on
 
 summary client::chat(const chat_params& params, const chunk_callback& on_chunk) {
   auto& shoal = impl_->connect();
+  impl_->ensure_gateway("chat");
   auto done = kj::newPromiseAndFulfiller<summary>();
   auto state = std::make_shared<stream_state>();
   state->on_chunk = &on_chunk;
@@ -404,7 +446,9 @@ summary client::chat(const chat_params& params, const chunk_callback& on_chunk) 
 }
 
 completion client::complete(const generate_params& params) {
-  auto req = impl_->connect().completeRequest();
+  impl_->connect();
+  impl_->ensure_gateway("complete");
+  auto req = KJ_ASSERT_NONNULL(impl_->shoal).completeRequest();
   fill(req.initRequest(), params, impl_->opts.api_key);
   auto resp = impl_->wait(req.send());
   if (resp.hasError()) throw_refusal(resp.getError());
