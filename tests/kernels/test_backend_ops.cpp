@@ -377,6 +377,10 @@ void check_matmuls(harness& h) {
       for (std::int64_t n : {1, 5}) shapes.push_back({t, 50, 32, n, 0, 0, 0, 0, "one block per row"});
       shapes.push_back({t, 7, 64, 3, 0, 0, 0, 0, "fewer rows than a group"});
       shapes.push_back({t, 80, cols + 64, 6, 32, 32, 64, cols, "TP window on a group"});
+      // Several groups per call, and one call spanning the last group and the plain tail: the
+      // 3-thread pool hands out 48-row chunks for 74 granules, so the chunk at row 1152 covers
+      // group [1152, 1168) and plain rows [1168, 1173). Token counts 2 and 8 + 2 (the 2-token tile).
+      for (std::int64_t n : {2, 10}) shapes.push_back({t, 1173, 64, n, 0, 0, 0, 0, "groups and tail in one call"});
     }
   }
   for (const auto& s : shapes) {

@@ -18,9 +18,14 @@ if [ $# -lt 3 ]; then
   sed -n '2,14p' "$0" >&2
   exit 2
 fi
-shoal="$1"; llama="$2"; model="$3"; rounds="${4:-2}"
-shift $(( $# >= 4 ? 4 : 3 ))
+shoal="$1"; llama="$2"; model="$3"; shift 3
+rounds=2
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then rounds="$1"; shift; fi
 [ "${1:-}" = "--" ] && shift
+for arg in "$@"; do
+  # llama-bench runs one sequence: a batched shoal figure divided by it is no ratio.
+  [ "$arg" = "--batch" ] && { echo "vs_llamacpp.sh: --batch has no llama-bench counterpart here" >&2; exit 2; }
+done
 prompt="${PROMPT:-128}"; gen="${GEN:-32}"; repeat="${REPEAT:-3}"; threads="${THREADS:-2}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -80,6 +80,9 @@ int run_bench(const bench_args& a) {
   if (a.prompt_tokens < 1 || a.gen_tokens < 1 || a.repeat < 1 || a.batch < 1) {
     throw error(errc::invalid_argument, "--prompt-tokens, --gen-tokens, --repeat and --batch must be at least 1");
   }
+  if (a.batch > 256) {
+    throw error(errc::invalid_argument, "--batch " + std::to_string(a.batch) + " is more than 256 sequences");
+  }
   kernels::bandwidth_sample bw_before, bw_after;
   if (!a.skip_bandwidth) bw_before = kernels::measure_host_read_bandwidth(threads);
   // Reset the peak-RSS mark so the reported peak is the model's, not the bandwidth buffer's.
