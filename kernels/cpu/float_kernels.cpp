@@ -2,10 +2,12 @@
 //
 // Decode (few tokens) streams each weight row once and is bound by memory bandwidth: each thread
 // reads its rows as one sequential stream, weights are widened to F32 in registers (never copied),
-// and the activations stay F32 so the result matches the reference closely. Prefill (many tokens) is bound by arithmetic: at the avx512 level F16/BF16 weights use
-// the AVX-512 BF16 dot-product instruction (two multiply-adds per lane per instruction) with the
-// activations rounded to BF16 once per call, in register tiles of 4 rows x 6 tokens. F32 weights
-// always use F32 FMAs so an F32 model keeps reproducing its reference logits.
+// and the activations stay F32 so the result matches the reference closely. Prefill (many tokens) is
+// bound by arithmetic: at the avx512 level, F16/BF16 weights from 12 tokens on are widened to F32 a
+// block at a time and multiplied by F32 FMAs with tokens across the lanes (see "prefill" below);
+// from 5 to 11 tokens they use the AVX-512 BF16 dot-product instruction with the activations
+// rounded to BF16 once per call, in register tiles of 4 rows x 6 tokens. F32 weights always use F32
+// FMAs so an F32 model keeps reproducing its reference logits.
 
 // GCC 12 flags its own intrinsics headers (_mm512_undefined_*) as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -261,16 +263,157 @@ SHOAL_AVX512 void run_avx512_bf16_tiles(const matrix& w, const prepared_input& p
   }
 }
 
+// ---- prefill: F32 FMAs with tokens across the lanes
+//
+// Measured on this machine's cores (a hot loop of independent chains): a 512-bit F32 FMA issues
+// about twice per cycle, a 512-bit BF16 dot product (vdpbf16ps, two multiply-adds per lane) about
+// once every two, so F32 FMAs do twice the multiply-adds per second, and without rounding the
+// activations to BF16. The activations are transposed once per call to xT [cols][np] (np = tokens
+// rounded up to 16, zero padded) so one vector holds 16 tokens' values of one column; a block of
+// kLaneRows weight rows is widened to F32 once and reused by every token; the tile is kLaneRows
+// rows x (16 * TV) tokens, each weight broadcast from the F32 block to one FMA per token vector.
+// 24 accumulators cover the FMA latency; no horizontal sums. Measured with shoal_quant_bench
+// (2048 x 5632, one thread, hot): at 128 tokens the BF16 tiles reach ~38 GMAC/s, these ~64; at 10
+// tokens the BF16 tiles still win (31 vs 28: 16-token vectors are mostly padding), from 12 on these
+// do (33 vs 26 at 12, 46 vs 23 at 16).
+constexpr std::int64_t kLaneMinTokens = 12;
+
+constexpr std::int64_t kLaneRows = 12;  // x 2 token vectors = 24 accumulators
+// Columns per pass: a row block's weights for one pass (2 x 12 x 512 floats, 48 KB) and the
+// activations' slice (np x 512 floats, 256 KB at 128 tokens) stay in L1/L2 while every token tile
+// runs over them; the partial sums wait in a per-block yT.
+constexpr std::int64_t kLaneCols = 512;
+// Rows per block: each activation slice read from L3 serves this many rows (the tiles re-read it
+// from L2). Not tuned beyond this first choice.
+constexpr std::int64_t kLaneBlock = 4 * kLaneRows;
+
+std::int64_t lane_tokens(std::int64_t n) { return (n + 15) / 16 * 16; }
+std::int64_t lane_cols(std::int64_t k) { return (k + kLaneCols - 1) / kLaneCols * kLaneCols; }
+
+// xT in token tiles: tile j holds tokens [32j, 32j + 32) (the last tile 16 wide when np is an odd
+// multiple of 16) as [lane_cols(cols)][width], so a tile reads one sequential stream.
+std::int64_t tile_width(std::int64_t np, std::int64_t t0) { return np - t0 >= 32 ? 32 : 16; }
+
+void prepare_transposed(prepared_input& p) {
+  const std::int64_t np = lane_tokens(p.n), kp = lane_cols(p.cols);
+  p.buf.assign(static_cast<std::size_t>(kp * np * 4), 0);
+  auto* xt = reinterpret_cast<float*>(p.buf.data());
+  for (std::int64_t t0 = 0; t0 < np; t0 += 32) {
+    const std::int64_t width = tile_width(np, t0);
+    float* tile = xt + t0 * kp;
+    // 64 columns at a time: the 64 rows of the tile being written stay in L1 while tokens go by.
+    for (std::int64_t c0 = 0; c0 < p.cols; c0 += 64) {
+      const std::int64_t c1 = std::min(p.cols, c0 + 64);
+      for (std::int64_t t = t0; t < std::min(p.n, t0 + width); ++t) {
+        const float* x = p.x + t * p.cols;
+        for (std::int64_t c = c0; c < c1; ++c) tile[c * width + (t - t0)] = x[c];
+      }
+    }
+  }
+}
+
+// Columns [k0, k0 + kLaneCols) of rows [r, r + nr) of w widened to F32 into `out`
+// [rows][kLaneCols]; columns past the matrix and rows past nr are zero.
+template <dtype T>
+SHOAL_AVX512 void widen_rows(const matrix& w, std::int64_t r, std::int64_t nr, std::int64_t rows, std::int64_t k0,
+                             float* out) {
+  const std::int64_t kc = std::min(kLaneCols, w.cols - k0);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* o = out + i * kLaneCols;
+    const std::uint8_t* row = w.row(r + std::min(i, nr - 1));
+    for (std::int64_t k = 0; k < kLaneCols; k += 16) {
+      const std::int64_t left = i < nr ? kc - k : 0;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_storeu_ps(o + k, load_typed<T>(row, k0 + k, m));
+    }
+  }
+}
+
+// yt[i][t0 ..] (+)= sum over kLaneCols columns of wf[i][k] * xt[k][..] for R rows x 16 * TV
+// tokens (xt: this tile's [kLaneCols][16 * TV] slice). Lanes are tokens, so yt rows are plain
+// vector loads and stores.
+template <int R, int TV>
+SHOAL_AVX512 void lane_tile(const float* wf, const float* xt, std::int64_t np, std::int64_t t0, float* yt,
+                            bool accumulate) {
+  __m512 acc[R][TV];
+#pragma GCC unroll 24
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < TV; ++v) {
+      acc[i][v] = accumulate ? _mm512_loadu_ps(yt + i * np + t0 + 16 * v) : _mm512_setzero_ps();
+    }
+  const float* x = xt;
+  for (std::int64_t k = 0; k < kLaneCols; ++k, x += 16 * TV) {
+    __m512 xv[TV];
+#pragma GCC unroll 2
+    for (int v = 0; v < TV; ++v) xv[v] = _mm512_loadu_ps(x + 16 * v);
+#pragma GCC unroll 24
+    for (int i = 0; i < R; ++i) {
+      const __m512 wb = _mm512_set1_ps(wf[i * kLaneCols + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < TV; ++v) acc[i][v] = _mm512_fmadd_ps(wb, xv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < TV; ++v) _mm512_storeu_ps(yt + i * np + t0 + 16 * v, acc[i][v]);
+}
+
+template <dtype T>
+SHOAL_AVX512 void run_avx512_lanes(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy,
+                                   std::int64_t r0, std::int64_t r1) {
+  constexpr std::int64_t rows = kLaneBlock;
+  const std::int64_t K = w.cols, np = lane_tokens(p.n), kp = lane_cols(K);
+  const auto* xt = reinterpret_cast<const float*>(p.buf.data());
+  thread_local std::vector<float> wbuf, yt;
+  wbuf.resize(static_cast<std::size_t>(rows * kLaneCols));
+  yt.resize(static_cast<std::size_t>(rows * np));
+  for (std::int64_t r = r0; r < r1; r += rows) {
+    const std::int64_t nr = std::min(rows, r1 - r);
+    for (std::int64_t k0 = 0; k0 < K; k0 += kLaneCols) {
+      widen_rows<T>(w, r, nr, rows, k0, wbuf.data());
+      // The next slice's weights (this block's next columns, or the next block's first ones) come
+      // from DRAM while the tiles below compute.
+      const std::int64_t nk = k0 + kLaneCols < K ? k0 + kLaneCols : 0, nrow = nk ? r : r + rows;
+      for (std::int64_t i = nrow; i < std::min(nrow + rows, r1); ++i) {
+        const std::uint8_t* row = w.row(i) + dtype_bytes(w.type, nk);
+        const std::int64_t bytes = dtype_bytes(w.type, std::min(kLaneCols, K - nk));
+        for (std::int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row + b), _MM_HINT_T1);
+      }
+      std::int64_t t0 = 0;
+      for (; t0 + 32 <= np; t0 += 32) {
+        const float* xk = xt + t0 * kp + k0 * 32;
+        for (std::int64_t i = 0; i < rows; i += kLaneRows) {
+          lane_tile<kLaneRows, 2>(wbuf.data() + i * kLaneCols, xk, np, t0, yt.data() + i * np, k0 > 0);
+        }
+      }
+      // 16 tokens left: one token vector, 24 rows at a time.
+      for (std::int64_t i = 0; t0 < np && i < rows; i += 2 * kLaneRows) {
+        lane_tile<2 * kLaneRows, 1>(wbuf.data() + i * kLaneCols, xt + t0 * kp + k0 * 16, np, t0, yt.data() + i * np,
+                                    k0 > 0);
+      }
+    }
+    for (std::int64_t t = 0; t < p.n; ++t) {
+      for (std::int64_t i = 0; i < nr; ++i) y[t * ldy + r + i] = yt[i * np + t];
+    }
+  }
+}
+
 // ---------------------------------------------------------------- dispatch
 void prepare_float(prepared_input& p, isa level) {
-  if (level == isa::avx512 && p.n >= kGemmMinTokens) prepare_bf16(p);
+  if (level == isa::avx512 && p.n >= kLaneMinTokens) prepare_transposed(p);
+  else if (level == isa::avx512 && p.n >= kGemmMinTokens) prepare_bf16(p);
 }
 
 void run_float(const matrix& w, const prepared_input& p, float* y, std::int64_t ldy, std::int64_t r0,
                std::int64_t r1, isa level) {
   switch (level) {
     case isa::avx512:
-      if (w.type != dtype::f32 && p.n >= kGemmMinTokens && !p.buf.empty()) {
+      if (w.type != dtype::f32 && p.n >= kLaneMinTokens && !p.buf.empty()) {
+        if (w.type == dtype::f16) run_avx512_lanes<dtype::f16>(w, p, y, ldy, r0, r1);
+        else run_avx512_lanes<dtype::bf16>(w, p, y, ldy, r0, r1);
+      } else if (w.type != dtype::f32 && p.n >= kGemmMinTokens && !p.buf.empty()) {
         run_avx512_bf16_tiles(w, p, y, ldy, r0, r1);
       } else {
         run_avx512_fma(w, p, y, ldy, r0, r1);

@@ -368,6 +368,9 @@ void check_matmuls(harness& h) {
     if (t == dtype::f32 || t == dtype::f16 || t == dtype::bf16) {
       shapes.push_back({t, 9, 173, 4, 0, 0, 0, 0, "odd cols"});
       shapes.push_back({t, 64, 172, 2, 0, 0, 0, 0, "172 cols"});  // stories260K's ffn_down width
+      // Prefill tiles: 53 rows (a 48-row block and 5), 1100 columns (three 512-column passes, the
+      // last partial), 40 tokens (a 32-token tile and a 16-token one, 8 of them padding).
+      shapes.push_back({t, 53, 1100, 40, 0, 0, 0, 0, "prefill tiles"});
     }
     if (interleaved(t)) {
       // The 37 rows above are 2 groups and 5 plain rows; the TP window's 24 rows 1 and 8. Here:
