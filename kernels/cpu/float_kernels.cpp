@@ -329,12 +329,12 @@ SHOAL_AVX512 void widen_rows(const matrix& w, std::int64_t r, std::int64_t nr, s
   }
 }
 
-// yt[i][t0 ..] (+)= sum over kLaneCols columns of wf[i][k] * xt[k][..] for R rows x 16 * TV
-// tokens (xt: this tile's [kLaneCols][16 * TV] slice). Lanes are tokens, so yt rows are plain
+// yt[i][t0 ..] (+)= sum over kc columns of wf[i][k] * xt[k][..] for R rows x 16 * TV tokens
+// (xt: this tile's [kLaneCols][16 * TV] slice). Lanes are tokens, so yt rows are plain
 // vector loads and stores.
 template <int R, int TV>
-SHOAL_AVX512 void lane_tile(const float* wf, const float* xt, std::int64_t np, std::int64_t t0, float* yt,
-                            bool accumulate) {
+SHOAL_AVX512 void lane_tile(const float* wf, const float* xt, std::int64_t kc, std::int64_t np, std::int64_t t0,
+                            float* yt, bool accumulate) {
   __m512 acc[R][TV];
 #pragma GCC unroll 24
   for (int i = 0; i < R; ++i)
@@ -343,7 +343,7 @@ SHOAL_AVX512 void lane_tile(const float* wf, const float* xt, std::int64_t np, s
       acc[i][v] = accumulate ? _mm512_loadu_ps(yt + i * np + t0 + 16 * v) : _mm512_setzero_ps();
     }
   const float* x = xt;
-  for (std::int64_t k = 0; k < kLaneCols; ++k, x += 16 * TV) {
+  for (std::int64_t k = 0; k < kc; ++k, x += 16 * TV) {
     __m512 xv[TV];
 #pragma GCC unroll 2
     for (int v = 0; v < TV; ++v) xv[v] = _mm512_loadu_ps(x + 16 * v);
@@ -373,6 +373,9 @@ SHOAL_AVX512 void run_avx512_lanes(const matrix& w, const prepared_input& p, flo
     const std::int64_t nr = std::min(rows, r1 - r);
     for (std::int64_t k0 = 0; k0 < K; k0 += kLaneCols) {
       widen_rows<T>(w, r, nr, rows, k0, wbuf.data());
+      // The last pass runs only the columns the matrix has (Qwen2-0.5B's 896 would otherwise pay
+      // for 1024), and a partial block only the tiles that hold its rows.
+      const std::int64_t kc = std::min(kLaneCols, K - k0);
       // The next slice's weights (this block's next columns, or the next block's first ones) come
       // from DRAM while the tiles below compute.
       const std::int64_t nk = k0 + kLaneCols < K ? k0 + kLaneCols : 0, nrow = nk ? r : r + rows;
@@ -384,13 +387,13 @@ SHOAL_AVX512 void run_avx512_lanes(const matrix& w, const prepared_input& p, flo
       std::int64_t t0 = 0;
       for (; t0 + 32 <= np; t0 += 32) {
         const float* xk = xt + t0 * kp + k0 * 32;
-        for (std::int64_t i = 0; i < rows; i += kLaneRows) {
-          lane_tile<kLaneRows, 2>(wbuf.data() + i * kLaneCols, xk, np, t0, yt.data() + i * np, k0 > 0);
+        for (std::int64_t i = 0; i < nr; i += kLaneRows) {
+          lane_tile<kLaneRows, 2>(wbuf.data() + i * kLaneCols, xk, kc, np, t0, yt.data() + i * np, k0 > 0);
         }
       }
       // 16 tokens left: one token vector, 24 rows at a time.
-      for (std::int64_t i = 0; t0 < np && i < rows; i += 2 * kLaneRows) {
-        lane_tile<2 * kLaneRows, 1>(wbuf.data() + i * kLaneCols, xt + t0 * kp + k0 * 16, np, t0, yt.data() + i * np,
+      for (std::int64_t i = 0; t0 < np && i < nr; i += 2 * kLaneRows) {
+        lane_tile<2 * kLaneRows, 1>(wbuf.data() + i * kLaneCols, xt + t0 * kp + k0 * 16, kc, np, t0, yt.data() + i * np,
                                     k0 > 0);
       }
     }
