@@ -1,6 +1,7 @@
 // The fast CPU backend: per-type matmul kernels at one instruction level, rows split across a
 // persistent thread pool; the small ops (norms, RoPE, activation) stay on the calling thread where
-// they cost microseconds, attention is split by (token, head). Memory and data movement are the
+// they cost microseconds, attention runs in tiles of (tokens of one sequence, KV head) at the
+// AVX-512 level (attention_kernels.cpp) and is split by (token, head) below it. Memory and data movement are the
 // host backend's (host_backend.hpp), except weights of a type with an interleaved layout at this
 // level, which register_weight repacks into memory the backend owns (interleaved_kernels.cpp).
 
@@ -15,6 +16,7 @@
 
 #include "engine/common/error.hpp"
 #include "kernels/backend.hpp"
+#include "kernels/cpu/attention_kernels.hpp"
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/host_backend.hpp"
 #include "kernels/cpu/matmul_kernels.hpp"
@@ -168,6 +170,14 @@ class fast_backend final : public cpu::host_backend {
     const auto* pos = cpu::checked_index(a.positions, n_tokens, std::numeric_limits<std::int32_t>::max(), "attention positions");
     const auto* seq = cpu::checked_index(a.seq_of_token, n_tokens, a.block_tables.rows, "attention sequences");
     const std::int32_t group = a.n_heads / a.n_kv_heads;
+    if (level_ == isa::avx512 && cpu::tiled_attention_fits(a)) {
+      const auto tiles = cpu::plan_attention_tiles(a, pos, seq);
+      tile_work_.resize(static_cast<std::size_t>(pool_.size()));
+      pool_.parallel_for(static_cast<std::int64_t>(tiles.size()), 1, [&](int thread, std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) cpu::run_attention_tile(a, pos, seq, tiles[i], tile_work_[thread]);
+      });
+      return;
+    }
     scores_.resize(static_cast<std::size_t>(pool_.size()));
     pool_.parallel_for(n_tokens * a.n_heads, 1, [&](int thread, std::int64_t begin, std::int64_t end) {
       auto& scores = scores_[thread];
@@ -235,6 +245,7 @@ class fast_backend final : public cpu::host_backend {
   std::vector<std::int64_t> offsets_;
   std::vector<float> packed_;
   std::vector<std::vector<float>> scores_;
+  std::vector<std::vector<float>> tile_work_;
   std::vector<float> cos_, sin_;
   std::vector<void*> owned_;  // repacked weights, freed with the backend
 };

@@ -647,12 +647,25 @@ void check_attention(harness& h) {
     std::int64_t q_stride_extra;  // extra columns around q (a strided view)
     const char* what;
   };
-  const std::vector<case_t> cases = {
+  std::vector<case_t> cases = {
       {8, 4, 8, 4, {{3, 0, 7, 1}, {5, 2}}, {{0, 0}, {0, 1}, {0, 2}, {0, 9}, {1, 6}}, 0, "GQA 8/4, 2 sequences, blocks of 4"},
       {4, 4, 16, 16, {{0, 1}}, {{0, 20}}, 0, "decode at 20"},
       {4, 1, 24, 4, {{2, 6, 1}, {0}}, {{0, 10}, {1, 3}}, 8, "MLA absorbed: 1 latent head of 24, strided q"},
       {3, 3, 40, 13, {{0}}, {{0, 10}, {0, 11}, {0, 12}}, 0, "MLA plain: one block of the context"},
+      // The AVX-512 tiled kernel (head_dim a multiple of 16): query tiles of 16 tokens of one
+      // sequence, key tiles of 16 positions, the causal mask inside a tile.
+      {8, 2, 64, 8, {{4, 9, 0, 7, 2}, {3, 8, 1}}, {}, 0, "tiled: prefill 40 + 16 tokens of 2 sequences, GQA 8/2"},
+      {8, 2, 32, 4, {{5, 0, 11, 2, 9, 3, 7, 1, 10, 6, 4, 8, 12, 13}, {14}, {15, 16, 17, 18, 19}},
+       {{0, 50}, {1, 3}, {2, 17}, {0, 51}}, 0, "tiled: decode of 3 sequences, one token each (and a 2nd)"},
+      {16, 1, 80, 16, {{1, 0}}, {}, 6, "tiled: MLA absorbed, 16 heads on one latent head of 80, strided q"},
+      {4, 4, 128, 16, {{}}, {}, 0, "tiled: 17 tokens at 280-296 and one at 300 of a long context"},
   };
+  for (std::int32_t p = 0; p < 40; ++p) cases[4].tokens.push_back({0, p});
+  for (std::int32_t p = 5; p < 21; ++p) cases[4].tokens.push_back({1, p});
+  for (std::int32_t p = 0; p < 12; ++p) cases[6].tokens.push_back({0, p});
+  for (std::int32_t b = 0; b < 19; ++b) cases[7].tables[0].push_back(18 - b);
+  for (std::int32_t p = 280; p < 297; ++p) cases[7].tokens.push_back({0, p});
+  cases[7].tokens.push_back({0, 300});
   for (const auto& c : cases) {
     std::int32_t n_blocks = 0;
     std::size_t width = 0;
