@@ -44,7 +44,10 @@ void model_runner::init_deepseek() {
     s.wkv_a = be_.register_weight(l.wkv_a.m);
     const kernels::matrix kv_b = l.wkv_b.m.row_slice(h0 * per_head, n_heads_ * per_head);
     s.wq = be_.register_weight((a.q_lora_rank > 0 ? l.wq_b : l.wq).m.row_slice(h0 * qk, n_heads_ * qk));
-    s.wkv_b = be_.register_weight(kv_b);
+    for (std::int64_t h = 0; h < n_heads_; ++h) {
+      s.w_uk.push_back(be_.register_weight(kv_b.row_slice(h * per_head, nope)));
+      s.w_uv.push_back(be_.register_weight(kv_b.row_slice(h * per_head + nope, vd)));
+    }
     s.wo = be_.register_weight(l.wo.m.col_slice(h0 * vd, n_heads_ * vd));
     // W_uk of local head h is rows [h * per_head, h * per_head + nope) of kv_b; the absorbed
     // query multiplies by its transpose, built once here on the host and registered.
@@ -181,8 +184,7 @@ void model_runner::attend_absorbed(std::size_t li, const tensor& q_all, const st
   be_.attention(args);
   const tensor out = in_place ? attn : scratch_.take(dtype::f32, m, nh * vd);
   for (std::int64_t h = 0; h < nh; ++h) {
-    const kernels::matrix w_uv = L.wkv_b.row_slice(h * (nope + vd) + nope, vd);
-    be_.matmul(w_uv, mo.cols_view(h * lw, r), out.cols_view(h * vd, vd));
+    be_.matmul(L.w_uv[static_cast<std::size_t>(h)], mo.cols_view(h * lw, r), out.cols_view(h * vd, vd));
   }
   if (!in_place) be_.scatter_rows(attn, out, index);
 }
@@ -207,17 +209,20 @@ void model_runner::attend_plain(std::size_t li, const tensor& q_all, const forwa
   be_.from_host(slot_index, slots.data());
   const tensor lat = scratch_.take(dtype::f32, ctx, lw);
   be_.gather_rows(lat, cache_.k(static_cast<std::int64_t>(li)), slot_index);
-  const tensor kv = scratch_.take(dtype::f32, ctx, nh * (nope + vd));
-  be_.matmul(L.wkv_b, lat.cols_view(0, r), kv);
   const tensor mk = scratch_.take(dtype::f32, ctx, nh * hw);
   const tensor mv = scratch_.take(dtype::f32, ctx, nh * hw);
   if (hw > qk) be_.fill(mk, 0.0f);
   if (hw > vd) be_.fill(mv, 0.0f);
+  // Every head's keys and values up-projected from the latents in one call, straight into their
+  // windows of mk and mv.
+  std::vector<kernels::matmul_job> up;
+  up.reserve(static_cast<std::size_t>(2 * nh));
   for (std::int64_t h = 0; h < nh; ++h) {
-    be_.copy(mk.cols_view(h * hw, nope), kv.cols_view(h * (nope + vd), nope));
-    be_.copy(mk.cols_view(h * hw + nope, rd), lat.cols_view(r, rd));
-    be_.copy(mv.cols_view(h * hw, vd), kv.cols_view(h * (nope + vd) + nope, vd));
+    up.push_back({L.w_uk[static_cast<std::size_t>(h)], mk.cols_view(h * hw, nope)});
+    up.push_back({L.w_uv[static_cast<std::size_t>(h)], mv.cols_view(h * hw, vd)});
   }
+  be_.matmul_multi(up, lat.cols_view(0, r));
+  for (std::int64_t h = 0; h < nh; ++h) be_.copy(mk.cols_view(h * hw + nope, rd), lat.cols_view(r, rd));
   tensor index;
   const tensor q = gather(q_all, toks, index);
   const bool in_place = q.data == q_all.data;

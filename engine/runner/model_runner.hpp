@@ -107,7 +107,10 @@ class model_runner {
     mlp_matrices mlp;            // the dense MLP (its columns of it)
     // DeepSeek: q_a (whole) and this rank's heads of q_b_proj (or q_proj, as wq), kv_a (whole) and
     // this rank's heads of kv_b_proj (wo: their columns), the MoE layer or the dense MLP.
-    kernels::matrix wq_a, wkv_a, wkv_b;
+    kernels::matrix wq_a, wkv_a;
+    // [local heads] kv_b's rows of a head, registered one head at a time (a registered matrix may
+    // be repacked in groups of rows that a head's range would split): keys [nope, r], values [vd, r].
+    std::vector<kernels::matrix> w_uk, w_uv;
     tensor q_a_norm, kv_a_norm;
     std::vector<kernels::matrix> w_uk_t;  // [local heads] kv_b's key half of a head, transposed:
                                           // [kv_lora_rank, qk_nope] (F32), the absorbed query's matmul
