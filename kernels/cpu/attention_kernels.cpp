@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "kernels/cpu/attention_kernels.hpp"
+#include "kernels/cpu/cpu_features.hpp"
 
 #include <immintrin.h>
 
@@ -23,7 +24,6 @@
 #include <cmath>
 #include <limits>
 
-#define SHOAL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 namespace shoal::kernels::cpu {
 

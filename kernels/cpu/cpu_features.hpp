@@ -20,6 +20,12 @@ enum class isa : std::uint8_t {
   avx512,    // AVX-512 F/BW/VL/DQ + BF16 + VNNI
 };
 
+/// Function attributes that compile a kernel for a level: exactly the features best_isa() requires
+/// of that level, so code under them runs wherever the level is picked.
+#define SHOAL_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SHOAL_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma,f16c")))
+
 const cpu_info& detect_cpu();
 /// The best level this CPU supports; SHOAL_ISA=portable|avx2|avx512 caps it (for tests/benchmarks).
 isa best_isa();

@@ -161,14 +161,8 @@ class fast_backend final : public cpu::host_backend {
   }
 
   void attention(const attention_args& a) override {
-    expect_host(a.q, dtype::f32, "attention q");
-    expect_host(a.out, dtype::f32, "attention out");
-    expect_host(a.k_cache, dtype::f32, "attention k_cache");
-    expect_host(a.v_cache, dtype::f32, "attention v_cache");
-    expect_host(a.block_tables, dtype::i32, "attention block tables");
+    const auto [pos, seq] = cpu::checked_attention(a);
     const std::int64_t n_tokens = a.q.rows;
-    const auto* pos = cpu::checked_index(a.positions, n_tokens, std::numeric_limits<std::int32_t>::max(), "attention positions");
-    const auto* seq = cpu::checked_index(a.seq_of_token, n_tokens, a.block_tables.rows, "attention sequences");
     const std::int32_t group = a.n_heads / a.n_kv_heads;
     if (level_ == isa::avx512 && cpu::tiled_attention_fits(a)) {
       const auto tiles = cpu::plan_attention_tiles(a, pos, seq);

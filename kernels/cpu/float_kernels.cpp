@@ -41,7 +41,6 @@ void run_portable(const matrix& w, const prepared_input& p, float* y, std::int64
 }
 
 // ---------------------------------------------------------------- avx2
-#define SHOAL_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 SHOAL_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 SHOAL_AVX2 inline __m256 load8(const std::uint16_t* p, dtype t) {
@@ -104,7 +103,6 @@ SHOAL_AVX2 void run_avx2(const matrix& w, const prepared_input& p, float* y, std
 }
 
 // ---------------------------------------------------------------- avx512
-#define SHOAL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
 SHOAL_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 SHOAL_AVX512 inline __m512 load16(const std::uint16_t* p, dtype t, __mmask16 m) {

@@ -36,6 +36,17 @@ const std::int32_t* checked_index(const tensor& index, std::int64_t n, std::int6
   return ix;
 }
 
+attention_indices checked_attention(const attention_args& a) {
+  expect_host(a.q, dtype::f32, "attention q");
+  expect_host(a.out, dtype::f32, "attention out");
+  expect_host(a.k_cache, dtype::f32, "attention k_cache");
+  expect_host(a.v_cache, dtype::f32, "attention v_cache");
+  expect_host(a.block_tables, dtype::i32, "attention block tables");
+  const std::int64_t n = a.q.rows;
+  return {checked_index(a.positions, n, std::numeric_limits<std::int32_t>::max(), "attention positions"),
+          checked_index(a.seq_of_token, n, a.block_tables.rows, "attention sequences")};
+}
+
 namespace {
 
 void expect_same_shape(const tensor& a, const tensor& b, const char* what) {

@@ -42,4 +42,12 @@ void expect_host(const tensor& t, dtype type, const char* what);
 /// caller's bug and throws shoal::error (internal) instead of touching memory it does not own.
 const std::int32_t* checked_index(const tensor& index, std::int64_t n, std::int64_t limit, const char* what);
 
+/// An attention call's arguments checked as every CPU backend needs them (host F32 q, out and
+/// caches, i32 tables), with each token's position and block-table row.
+struct attention_indices {
+  const std::int32_t* pos;
+  const std::int32_t* seq;
+};
+attention_indices checked_attention(const attention_args& a);
+
 }  // namespace shoal::kernels::cpu

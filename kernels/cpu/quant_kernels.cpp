@@ -38,9 +38,6 @@
 
 #include "kernels/cpu/matmul_kernels.hpp"
 
-#define SHOAL_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define SHOAL_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma,f16c")))
 
 namespace shoal::kernels::cpu {
 

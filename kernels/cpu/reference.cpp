@@ -65,14 +65,8 @@ class reference_backend final : public cpu::host_backend {
   }
 
   void attention(const attention_args& a) override {
-    expect_host(a.q, dtype::f32, "attention q");
-    expect_host(a.out, dtype::f32, "attention out");
-    expect_host(a.k_cache, dtype::f32, "attention k_cache");
-    expect_host(a.v_cache, dtype::f32, "attention v_cache");
+    const auto [pos, seq] = cpu::checked_attention(a);
     const std::int64_t n = a.q.rows;
-    const auto* pos = cpu::checked_index(a.positions, n, std::numeric_limits<std::int32_t>::max(), "attention positions");
-    const auto* seq = cpu::checked_index(a.seq_of_token, n, a.block_tables.rows, "attention sequences");
-    expect_host(a.block_tables, dtype::i32, "attention block tables");
     const std::int32_t group = a.n_heads / a.n_kv_heads;
     std::vector<float> scores;
     for (std::int64_t t = 0; t < n; ++t) {
